@@ -1,0 +1,36 @@
+"""Helpers shared by the benchmark scripts: a machine description and a timer."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
+
+
+def rate(work: Callable[[], int], min_seconds: float = 3.0) -> float:
+    """Items per second of `work` (which returns how many items it processed), over >= min_seconds."""
+    work()  # warm-up: imports, caches, worker start-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+        done += work()
+    return done / (time.perf_counter() - start)

@@ -1,0 +1,134 @@
+"""Training-sample throughput of `ActionChunkDataset` on this machine.
+
+Builds a dataset of camera-like frames (2 cameras, 128x128, PNG in parquet; and the same as mp4),
+then measures samples/s for: single-process `__getitem__`, a DataLoader with 2 workers, and, as
+the reference the fast path is measured against, a naive loader that reads the sample's rows from
+parquet per sample.
+
+    .venv/bin/python benchmarks/loader_throughput.py [--episodes 40] [--length 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_description, rate  # noqa: E402
+
+from data.features import default_features  # noqa: E402
+from data.reader import decode_image  # noqa: E402
+from data.reasoning import Reasoning  # noqa: E402
+from data.torch_dataset import ActionChunkDataset  # noqa: E402
+from data.writer import LeRobotDatasetWriter  # noqa: E402
+
+
+def scene_frames(length: int, seed: int, size: int = 128) -> np.ndarray:
+    """A table-top-like picture: smooth background and a few moving coloured blocks."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    background = (90 + 40 * y / size)[..., None] * np.array([1.0, 0.9, 0.8])
+    frames = np.repeat(background[None], length, axis=0)
+    for _ in range(4):
+        color = rng.integers(30, 255, 3)
+        cx, cy = rng.uniform(20, size - 20, 2)
+        vx, vy = rng.uniform(-0.5, 0.5, 2)
+        for t in range(length):
+            inside = (np.abs(x - cx - vx * t) < 8) & (np.abs(y - cy - vy * t) < 8)
+            frames[t][inside] = color
+    frames += rng.normal(0, 2, frames.shape)  # sensor noise, as rendered images have
+    return np.clip(frames, 0, 255).astype(np.uint8)
+
+
+def build(root: Path, episodes: int, length: int, video: bool) -> None:
+    writer = LeRobotDatasetWriter(root, features=default_features(video=video), fps=20)
+    reasoning = Reasoning(plan=("pick up the cube", "place it"), subtask="pick up the cube", move="move down").to_frame()
+    for seed in range(episodes):
+        rng = np.random.default_rng(seed)
+        writer.add_episode(
+            {
+                "observation.images.agentview": scene_frames(length, seed),
+                "observation.images.wrist": scene_frames(length, seed + 1000),
+                "observation.state": rng.normal(size=(length, 8)).astype(np.float32),
+                "action": rng.uniform(-1, 1, (length, 7)).astype(np.float32),
+                **{key: [value] * length for key, value in reasoning.items()},
+            },
+            task=f"task {seed % 4}",
+        )
+    writer.finalize()
+
+
+def naive_sample(root: Path, row: int, horizon: int) -> dict[str, np.ndarray]:
+    """What a loader without the fast path does: open parquet and filter rows for every sample."""
+    table = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    rows = table.filter(pc.and_(pc.greater_equal(table["index"], row), pc.less(table["index"], row + horizon)))
+    return {
+        "action": np.stack(rows["action"].to_pylist()),
+        "agentview": decode_image(rows["observation.images.agentview"][0]["bytes"].as_py()),
+        "wrist": decode_image(rows["observation.images.wrist"][0]["bytes"].as_py()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=40)
+    parser.add_argument("--length", type=int, default=100)
+    parser.add_argument("--horizon", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"machine: {machine_description()}")
+    print(f"dataset: {args.episodes} episodes x {args.length} frames, 2 cameras 128x128, horizon {args.horizon}")
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for video in (False, True):
+            root = Path(scratch) / ("video" if video else "png")
+            start = time.perf_counter()
+            build(root, args.episodes, args.length, video)
+            name = "mp4" if video else "png"
+            print(f"[{name}] wrote dataset in {time.perf_counter() - start:.1f} s")
+            start = time.perf_counter()
+            dataset = ActionChunkDataset(root, action_horizon=args.horizon)
+            dataset[0]  # video: decodes every stream once into the frame cache
+            print(f"[{name}] opened dataset (incl. frame cache) in {time.perf_counter() - start:.1f} s")
+            rng = np.random.default_rng(0)
+
+            def single_process(batch: int = 256) -> int:
+                for index in rng.integers(0, len(dataset), batch):
+                    dataset[int(index)]
+                return batch
+
+            results[f"{name}: __getitem__, 1 process"] = rate(single_process)
+            loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=2,
+                                persistent_workers=True, drop_last=True)
+
+            def with_workers() -> int:
+                count = 0
+                for batch in loader:
+                    count += len(batch["task"])
+                return count
+
+            results[f"{name}: DataLoader, 2 workers, batch {args.batch_size}"] = rate(with_workers)
+            if not video:
+                results["png: naive per-sample parquet read, 1 process"] = rate(
+                    lambda: [naive_sample(root, int(i), args.horizon) for i in rng.integers(0, len(dataset), 8)] and 8
+                )
+    print()
+    for name, value in results.items():
+        print(f"{name:<55} {value:8.0f} samples/s")
+    fast = results["png: __getitem__, 1 process"]
+    naive = results["png: naive per-sample parquet read, 1 process"]
+    print(f"\nfast path / naive per-sample read (1 process, png): {fast / naive:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""`vla-data`: inspect and convert datasets from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from data.reader import DatasetError, LeRobotDatasetReader
+
+
+def info(path: Path, decode: bool, console: Console) -> int:
+    """Print what a dataset holds and check it; returns the process exit code."""
+    try:
+        reader = LeRobotDatasetReader(path)
+        reader.validate(decode=decode)
+    except DatasetError as error:
+        console.print(f"[bold red]invalid dataset[/]: {error}")
+        return 1
+    lengths = np.array([episode.length for episode in reader.episodes])
+    console.print(f"[bold]{reader.root}[/]  (LeRobotDataset {reader.version}, {reader.fps} fps)")
+    console.print(
+        f"episodes: {reader.num_episodes}   frames: {reader.num_frames}   "
+        f"duration: {reader.num_frames / reader.fps:.1f} s   tasks: {len(reader.tasks)}"
+    )
+    if len(lengths):
+        console.print(
+            f"episode length: min {lengths.min()}  mean {lengths.mean():.1f}  max {lengths.max()}"
+        )
+
+    episodes_per_task = Counter(task for episode in reader.episodes for task in episode.tasks)
+    tasks = Table(title="tasks", title_justify="left")
+    tasks.add_column("index", justify="right")
+    tasks.add_column("task")
+    tasks.add_column("episodes", justify="right")
+    for index, task in enumerate(reader.tasks):
+        tasks.add_row(str(index), task, str(episodes_per_task.get(task, 0)))
+    console.print(tasks)
+
+    features = Table(title="features", title_justify="left")
+    for column in ("key", "dtype", "shape"):
+        features.add_column(column)
+    for key, feature in reader.features.items():
+        features.add_row(key, feature.dtype, str(tuple(feature.shape)))
+    console.print(features)
+
+    stats = reader.stats
+    summary = Table(title="stats (per dimension)", title_justify="left")
+    for column in ("feature", "mean", "std", "min", "max", "q01", "q99"):
+        summary.add_column(column)
+    for key in reader.numeric_keys:
+        if key not in stats:
+            continue
+        feature_stats = stats[key]
+        summary.add_row(
+            key, *(_format_vector(feature_stats[name]) for name in ("mean", "std", "min", "max", "q01", "q99"))
+        )
+    console.print(summary)
+    console.print("[green]valid[/]" + (" (all media decoded)" if decode else " (media not decoded)"))
+    return 0
+
+
+def _format_vector(values: np.ndarray) -> str:
+    return " ".join(f"{value:.3g}" for value in np.asarray(values).reshape(-1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vla-data", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    info_parser = commands.add_parser("info", help="summarize and validate a dataset")
+    info_parser.add_argument("path", type=Path, help="dataset directory (holds meta/info.json)")
+    info_parser.add_argument(
+        "--no-decode", action="store_true", help="skip decoding images/videos (faster, less thorough)"
+    )
+
+    import_parser = commands.add_parser("import-libero", help="convert LIBERO HDF5 demonstrations")
+    import_parser.add_argument("files", type=Path, nargs="+", help="LIBERO *_demo.hdf5 files")
+    import_parser.add_argument("--out", type=Path, required=True, help="output dataset directory")
+    import_parser.add_argument("--video", action="store_true", help="store cameras as mp4 instead of PNG")
+    import_parser.add_argument(
+        "--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="resize images"
+    )
+
+    synth_parser = commands.add_parser(
+        "synthetic-libero", help="write a small LIBERO-layout HDF5 file (for trying the importer)"
+    )
+    synth_parser.add_argument("path", type=Path)
+    synth_parser.add_argument("--demos", type=int, default=5)
+    synth_parser.add_argument("--length", type=int, default=40)
+    synth_parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    if args.command == "info":
+        return info(args.path, decode=not args.no_decode, console=console)
+    if args.command == "import-libero":
+        from data.libero_import import import_libero_hdf5
+
+        missing = [str(path) for path in args.files if not path.exists()]
+        if missing:
+            console.print(f"[bold red]error[/]: no such file(s): {', '.join(missing)}")
+            return 2
+        summary = import_libero_hdf5(
+            args.files, args.out, video=args.video,
+            image_size=tuple(args.image_size) if args.image_size else None,
+        )
+        console.print(f"imported {summary}")
+        return 0
+    if args.command == "synthetic-libero":
+        from data.synthetic_libero import write_synthetic_libero_hdf5
+
+        path = write_synthetic_libero_hdf5(args.path, num_demos=args.demos, length=args.length, seed=args.seed)
+        console.print(f"wrote {path}")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

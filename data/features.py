@@ -1,0 +1,131 @@
+"""Feature schema shared by the writer, the reader and the torch Dataset.
+
+A feature is one per-frame column. The `info.json` of a LeRobot dataset stores each as
+`{"dtype", "shape", "names"}`; keeping that as the single description means a dataset written here
+opens in LeRobot's tools and a LeRobot dataset opens here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+# Columns every LeRobot dataset carries in its data files, in addition to the user's features.
+INDEX_FEATURES: dict[str, dict[str, Any]] = {
+    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+    "index": {"dtype": "int64", "shape": [1], "names": None},
+    "task_index": {"dtype": "int64", "shape": [1], "names": None},
+}
+
+VISUAL_DTYPES = ("image", "video")
+NUMERIC_DTYPES = ("float32", "float64", "int16", "int32", "int64", "uint8", "bool")
+TEXT_DTYPES = ("string",)
+
+STATE_NAMES = ["eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "finger_left", "finger_right"]
+ACTION_NAMES = ["dx", "dy", "dz", "dax", "day", "daz", "gripper"]
+GRIPPER_TRACE_NAMES = [f"{axis}{step}" for step in range(5) for axis in ("x", "y")]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One per-frame column: its dtype (a numeric dtype, "string", "image" or "video") and shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    names: list[str] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        known = VISUAL_DTYPES + NUMERIC_DTYPES + TEXT_DTYPES
+        if self.dtype not in known:
+            raise ValueError(f"feature dtype {self.dtype!r} is not one of {', '.join(known)}")
+        if self.is_visual and (len(self.shape) != 3 or self.shape[2] != 3):
+            raise ValueError(f"image/video features are (height, width, 3); got shape {self.shape}")
+
+    @property
+    def is_visual(self) -> bool:
+        return self.dtype in VISUAL_DTYPES
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.dtype in NUMERIC_DTYPES
+
+    @property
+    def size(self) -> int:
+        """Number of scalars per frame of a numeric feature."""
+        size = 1
+        for dim in self.shape:
+            size *= dim
+        return size
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape), "names": self.names}
+
+    @classmethod
+    def from_json(cls, key: str, spec: Any, source: str) -> Feature:
+        """Parse an info.json feature entry; `source` names the file for error messages."""
+        if not isinstance(spec, dict) or "dtype" not in spec or "shape" not in spec:
+            raise ValueError(
+                f"{source}: feature {key!r} must be an object with 'dtype' and 'shape', got {spec!r}"
+            )
+        shape = tuple(int(d) for d in spec["shape"])
+        dtype = spec["dtype"]
+        if dtype in VISUAL_DTYPES and len(shape) == 3 and shape[0] == 3 and shape[2] != 3:
+            # Some LeRobot datasets record (channels, height, width); frames are stored HWC anyway.
+            shape = (shape[1], shape[2], shape[0])
+        try:
+            return cls(dtype=dtype, shape=shape, names=spec.get("names"))
+        except ValueError as error:
+            raise ValueError(f"{source}: feature {key!r}: {error}") from None
+
+    def arrow_type(self) -> pa.DataType:
+        """How the column is stored in parquet.
+
+        Images are stored as LeRobot / HF datasets do (a struct of encoded bytes and a path), so a
+        dataset written here opens with their tools. Vectors are fixed-size lists, which pyarrow hands
+        to numpy without copying.
+        """
+        if self.dtype == "image":
+            return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+        if self.dtype == "video":
+            raise ValueError("video features live in mp4 files, not in parquet columns")
+        if self.dtype == "string":
+            return pa.string()
+        scalar = pa.from_numpy_dtype(self.dtype)
+        if self.shape in ((), (1,)):
+            return scalar
+        return pa.list_(scalar, self.size)
+
+
+def default_features(
+    image_size: tuple[int, int] = (128, 128),
+    cameras: tuple[str, ...] = ("agentview", "wrist"),
+    video: bool = False,
+    reasoning: bool = True,
+) -> dict[str, Feature]:
+    """The per-frame features of a vla dataset (DESIGN.md frame keys)."""
+    height, width = image_size
+    visual_dtype = "video" if video else "image"
+    features: dict[str, Feature] = {
+        f"observation.images.{camera}": Feature(visual_dtype, (height, width, 3), ["height", "width", "channels"])
+        for camera in cameras
+    }
+    features["observation.state"] = Feature("float32", (8,), STATE_NAMES)
+    features["action"] = Feature("float32", (7,), ACTION_NAMES)
+    if reasoning:
+        features.update(reasoning_features())
+    return features
+
+
+def reasoning_features() -> dict[str, Feature]:
+    """Per-frame chain-of-thought labels computed from simulator state."""
+    return {
+        "reasoning.plan": Feature("string", (1,)),
+        "reasoning.subtask": Feature("string", (1,)),
+        "reasoning.move": Feature("string", (1,)),
+        "reasoning.gripper_px": Feature("int16", (10,), GRIPPER_TRACE_NAMES),
+        "reasoning.objects": Feature("string", (1,)),
+    }

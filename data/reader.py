@@ -1,0 +1,437 @@
+"""Open and validate LeRobot datasets: the v3.0 layout we write, and v2.x (public LIBERO ports).
+
+The reader turns either layout into one picture — features, fps, tasks, a list of `Episode`
+records and one concatenated frame table — so everything downstream ignores the on-disk version.
+Every problem is reported as a `DatasetError` naming the file and the key at fault.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image
+
+from data import layout
+from data.features import INDEX_FEATURES, Feature
+from data.stats import compute_stats
+
+SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is missing a file, a key, or holds values that contradict its metadata."""
+
+
+@dataclass(frozen=True)
+class VideoSegment:
+    path: Path
+    from_timestamp: float
+    to_timestamp: float
+
+
+@dataclass(frozen=True)
+class Episode:
+    index: int
+    length: int
+    tasks: tuple[str, ...]
+    data_path: Path
+    from_index: int  # global row index of the first frame
+    to_index: int  # one past the last frame
+    videos: dict[str, VideoSegment] = field(default_factory=dict)
+
+
+class LeRobotDatasetReader:
+    """Read-only view of a dataset directory; cheap checks on open, full checks in `validate()`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: no such dataset directory")
+        info_path = self.root / layout.INFO_PATH
+        self.info = _read_json(info_path)
+        for key in ("codebase_version", "fps", "features", "total_episodes", "total_frames", "data_path"):
+            if key not in self.info:
+                raise DatasetError(f"{info_path}: missing key {key!r}")
+        self.version = self.info["codebase_version"]
+        if self.version not in SUPPORTED_VERSIONS:
+            raise DatasetError(
+                f"{info_path}: codebase_version {self.version!r} is not supported "
+                f"(expected one of {', '.join(SUPPORTED_VERSIONS)})"
+            )
+        self.fps = int(self.info["fps"])
+        self.features = self._parse_features(info_path)
+        if self.version == "v3.0":
+            self.tasks, self.episodes = self._load_v3_meta()
+        else:
+            self.tasks, self.episodes = self._load_v2_meta()
+        self._check_episode_index_ranges()
+
+    # ------------------------------------------------------------------ metadata
+    def _parse_features(self, info_path: Path) -> dict[str, Feature]:
+        raw = self.info["features"]
+        if not isinstance(raw, dict):
+            raise DatasetError(f"{info_path}: 'features' must be an object")
+        try:
+            return {
+                key: Feature.from_json(key, spec, str(info_path))
+                for key, spec in raw.items()
+                if key not in INDEX_FEATURES
+            }
+        except ValueError as error:
+            raise DatasetError(str(error)) from None
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.info["total_frames"])
+
+    @property
+    def visual_keys(self) -> list[str]:
+        return [key for key, feature in self.features.items() if feature.is_visual]
+
+    @property
+    def numeric_keys(self) -> list[str]:
+        return [key for key, feature in self.features.items() if feature.is_numeric]
+
+    def episodes_table(self) -> pa.Table:
+        """The v3 episodes metadata rows of committed episodes."""
+        return self._episodes_table
+
+    def _load_v3_meta(self) -> tuple[list[str], list[Episode]]:
+        total_episodes = int(self.info["total_episodes"])
+        tasks_path = self.root / layout.TASKS_PATH
+        tasks_table = _read_parquet(tasks_path)
+        task_text_column = "task" if "task" in tasks_table.column_names else "__index_level_0__"
+        for column in ("task_index", task_text_column):
+            if column not in tasks_table.column_names:
+                raise DatasetError(f"{tasks_path}: missing column {column!r}")
+        order = np.argsort(tasks_table["task_index"].to_numpy())
+        tasks = [tasks_table[task_text_column][int(i)].as_py() for i in order]
+
+        episode_files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        if total_episodes and not episode_files:
+            raise DatasetError(f"{self.root / 'meta/episodes'}: no episode metadata files")
+        tables = [_read_parquet(path) for path in episode_files]
+        table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+        required = ("episode_index", "length", "data/chunk_index", "data/file_index",
+                    "dataset_from_index", "dataset_to_index", "tasks")
+        for column in required:
+            if tables and column not in table.column_names:
+                raise DatasetError(f"{episode_files[0]}: missing column {column!r}")
+        if tables:
+            # Rows past total_episodes were written by an interrupted writer and never committed.
+            table = table.filter(pc.less(table["episode_index"], total_episodes))
+            table = table.sort_by("episode_index")
+        self._episodes_table = table
+        if table.num_rows != total_episodes:
+            raise DatasetError(
+                f"{self.root / layout.INFO_PATH}: total_episodes is {total_episodes} but "
+                f"meta/episodes lists {table.num_rows}"
+            )
+        video_keys = [key for key, feature in self.features.items() if feature.dtype == "video"]
+        episodes = []
+        for row in table.to_pylist():
+            videos = {}
+            for key in video_keys:
+                prefix = f"videos/{key}/"
+                if prefix + "chunk_index" not in row:
+                    raise DatasetError(f"{episode_files[0]}: missing column {prefix + 'chunk_index'!r}")
+                videos[key] = VideoSegment(
+                    path=self.root / self.info["video_path"].format(
+                        video_key=key,
+                        chunk_index=row[prefix + "chunk_index"],
+                        file_index=row[prefix + "file_index"],
+                    ),
+                    from_timestamp=float(row[prefix + "from_timestamp"]),
+                    to_timestamp=float(row[prefix + "to_timestamp"]),
+                )
+            episodes.append(
+                Episode(
+                    index=int(row["episode_index"]),
+                    length=int(row["length"]),
+                    tasks=tuple(row["tasks"]),
+                    data_path=self.root / self.info["data_path"].format(
+                        chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
+                    ),
+                    from_index=int(row["dataset_from_index"]),
+                    to_index=int(row["dataset_to_index"]),
+                    videos=videos,
+                )
+            )
+        return tasks, episodes
+
+    def _load_v2_meta(self) -> tuple[list[str], list[Episode]]:
+        tasks_path = self.root / "meta" / "tasks.jsonl"
+        task_rows = _read_jsonl(tasks_path, required=("task_index", "task"))
+        tasks = [row["task"] for row in sorted(task_rows, key=lambda row: row["task_index"])]
+        episodes_path = self.root / "meta" / "episodes.jsonl"
+        rows = sorted(
+            _read_jsonl(episodes_path, required=("episode_index", "length")),
+            key=lambda row: row["episode_index"],
+        )
+        chunks_size = int(self.info.get("chunks_size", layout.CHUNKS_SIZE))
+        video_keys = [key for key, feature in self.features.items() if feature.dtype == "video"]
+        episodes, start = [], 0
+        for row in rows:
+            index, length = int(row["episode_index"]), int(row["length"])
+            chunk = index // chunks_size
+            videos = {
+                key: VideoSegment(
+                    self.root / self.info["video_path"].format(
+                        episode_chunk=chunk, video_key=key, episode_index=index
+                    ),
+                    0.0,
+                    length / self.fps,
+                )
+                for key in video_keys
+            }
+            episodes.append(
+                Episode(
+                    index=index,
+                    length=length,
+                    tasks=tuple(row.get("tasks", ())),
+                    data_path=self.root / self.info["data_path"].format(
+                        episode_chunk=chunk, episode_index=index
+                    ),
+                    from_index=start,
+                    to_index=start + length,
+                    videos=videos,
+                )
+            )
+            start += length
+        self._episodes_table = pa.Table.from_pylist(rows) if rows else pa.table({})
+        if len(episodes) != int(self.info["total_episodes"]):
+            raise DatasetError(
+                f"{self.root / layout.INFO_PATH}: total_episodes is {self.info['total_episodes']} "
+                f"but {episodes_path} lists {len(episodes)}"
+            )
+        return tasks, episodes
+
+    def _check_episode_index_ranges(self) -> None:
+        expected_start = 0
+        for episode in self.episodes:
+            if episode.from_index != expected_start or episode.to_index - episode.from_index != episode.length:
+                raise DatasetError(
+                    f"{self.root / 'meta/episodes'}: episode {episode.index} covers rows "
+                    f"[{episode.from_index}, {episode.to_index}) with length {episode.length}; "
+                    f"expected it to start at row {expected_start}"
+                )
+            expected_start = episode.to_index
+        if expected_start != self.num_frames:
+            raise DatasetError(
+                f"{self.root / layout.INFO_PATH}: total_frames is {self.num_frames} but the episodes "
+                f"add up to {expected_start} frames"
+            )
+
+    # ------------------------------------------------------------------ frames
+    @cached_property
+    def table(self) -> pa.Table:
+        """All committed frames of every data file, in global index order (memory-mapped)."""
+        paths = list(dict.fromkeys(episode.data_path for episode in self.episodes))
+        tables = [self._read_data_file(path) for path in paths]
+        if not tables:
+            return pa.table({})
+        table = pa.concat_tables(tables, promote_options="permissive")
+        if table.num_rows != self.num_frames:
+            raise DatasetError(
+                f"{self.root}: data files hold {table.num_rows} committed frames but "
+                f"{layout.INFO_PATH} says total_frames is {self.num_frames}"
+            )
+        index = table["index"].to_numpy()
+        if not np.array_equal(index, np.arange(self.num_frames)):
+            order = np.argsort(index, kind="stable")
+            table = table.take(pa.array(order))
+            if not np.array_equal(table["index"].to_numpy(), np.arange(self.num_frames)):
+                raise DatasetError(f"{self.root}: the 'index' column is not 0..{self.num_frames - 1}")
+        return table
+
+    def _read_data_file(self, path: Path) -> pa.Table:
+        table = _read_parquet(path, memory_map=True)
+        expected = [key for key, feature in self.features.items() if feature.dtype != "video"]
+        for key in [*expected, "index", "episode_index", "frame_index", "task_index"]:
+            if key not in table.column_names:
+                raise DatasetError(f"{path}: missing column {key!r} (declared in {layout.INFO_PATH})")
+        for key in expected:
+            _check_column_type(path, key, self.features[key], table.schema.field(key).type)
+        # Rows at or past total_frames were written by an interrupted writer and never committed.
+        return table.filter(pc.less(table["index"], self.num_frames))
+
+    def numeric_columns(self) -> dict[str, np.ndarray]:
+        """Every numeric feature as a (N, *shape) array, read straight from parquet."""
+        return {key: column_to_numpy(self.table[key], self.features[key]) for key in self.numeric_keys}
+
+    def task_of_frames(self) -> list[str]:
+        """Task text per frame, resolved through task_index."""
+        return [self.tasks[i] for i in self.table["task_index"].to_numpy()]
+
+    def image(self, key: str, row: int) -> np.ndarray:
+        """Decode one stored image (parquet image feature) as uint8 (H, W, 3)."""
+        return decode_image(self.table[key][row]["bytes"].as_py())
+
+    def episode_video(self, key: str, episode: Episode) -> np.ndarray:
+        """Decode one episode of a video feature as uint8 (T, H, W, 3)."""
+        from data.video import decode_video
+
+        segment = episode.videos[key]
+        if not segment.path.exists():
+            raise DatasetError(f"{segment.path}: video file for {key!r} episode {episode.index} is missing")
+        try:
+            frames = decode_video(segment.path, segment.from_timestamp, segment.to_timestamp)
+        except Exception as error:  # noqa: BLE001 - FFmpeg raises many types for a bad file
+            raise DatasetError(f"{segment.path}: cannot decode video for {key!r}: {error}") from error
+        if len(frames) != episode.length:
+            raise DatasetError(
+                f"{segment.path}: {key!r} has {len(frames)} frames for episode {episode.index}, "
+                f"expected {episode.length}"
+            )
+        return frames
+
+    # ------------------------------------------------------------------ stats and checks
+    @cached_property
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        """meta/stats.json when it is complete and current, else recomputed from parquet columns."""
+        path = self.root / layout.STATS_PATH
+        stats = _read_json(path) if path.exists() else {}
+        current = all(
+            key in stats and stats[key].get("count", [None])[0] == self.num_frames
+            for key in self.numeric_keys
+        )
+        if not current:
+            stats = compute_stats(self.numeric_columns())
+        return {
+            key: {name: np.asarray(value, dtype=np.float64) for name, value in values.items()}
+            for key, values in stats.items()
+            if isinstance(values, dict)
+        }
+
+    def validate(self, decode: bool = True) -> None:
+        """Full check: every file readable, columns typed as declared, values finite, ids coherent.
+
+        With `decode`, also decodes the first image of every episode and every video, which catches
+        truncated or corrupted media.
+        """
+        table = self.table
+        task_index = table["task_index"].to_numpy()
+        if len(task_index) and (task_index.min() < 0 or task_index.max() >= len(self.tasks)):
+            raise DatasetError(
+                f"{self.root}: task_index values span [{task_index.min()}, {task_index.max()}] "
+                f"but {len(self.tasks)} tasks are listed"
+            )
+        episode_index = table["episode_index"].to_numpy()
+        frame_index = table["frame_index"].to_numpy()
+        for episode in self.episodes:
+            rows = slice(episode.from_index, episode.to_index)
+            if not (episode_index[rows] == episode.index).all():
+                raise DatasetError(
+                    f"{episode.data_path}: rows {episode.from_index}..{episode.to_index - 1} should "
+                    f"all belong to episode {episode.index}"
+                )
+            if not np.array_equal(frame_index[rows], np.arange(episode.length)):
+                raise DatasetError(f"{episode.data_path}: frame_index of episode {episode.index} is not 0..{episode.length - 1}")
+        for key, values in self.numeric_columns().items():
+            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+                bad_row = int(np.argwhere(~np.isfinite(values.reshape(len(values), -1)))[0, 0])
+                raise DatasetError(f"{self.episode_of_row(bad_row).data_path}: {key!r} holds NaN/Inf at row {bad_row}")
+        if not decode:
+            return
+        for episode in self.episodes:
+            for key, feature in self.features.items():
+                if feature.dtype == "image":
+                    try:
+                        image = self.image(key, episode.from_index)
+                    except Exception as error:  # noqa: BLE001 - PIL raises many types
+                        raise DatasetError(
+                            f"{episode.data_path}: cannot decode {key!r} of episode {episode.index}: {error}"
+                        ) from error
+                    if image.shape != feature.shape:
+                        raise DatasetError(
+                            f"{episode.data_path}: {key!r} images are {image.shape}, declared {feature.shape}"
+                        )
+                elif feature.dtype == "video":
+                    self.episode_video(key, episode)
+
+    def episode_of_row(self, row: int) -> Episode:
+        starts = [episode.from_index for episode in self.episodes]
+        return self.episodes[int(np.searchsorted(starts, row, side="right")) - 1]
+
+
+# ---------------------------------------------------------------------- helpers
+def column_to_numpy(column: pa.ChunkedArray, feature: Feature) -> np.ndarray:
+    """A numeric column as (N, *feature.shape); accepts fixed-size and variable lists (v2 files)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type) or pa.types.is_large_list(array.type):
+        values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+    else:
+        values = array.to_numpy(zero_copy_only=False)
+    return values.reshape(len(array), *feature.shape).astype(feature.dtype, copy=False)
+
+
+def decode_image(encoded: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(encoded)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _check_column_type(path: Path, key: str, feature: Feature, arrow_type: pa.DataType) -> None:
+    if feature.dtype == "image":
+        ok = pa.types.is_struct(arrow_type) and arrow_type.get_field_index("bytes") >= 0
+        expected = "a struct with a 'bytes' field (encoded image)"
+    elif feature.dtype == "string":
+        ok = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+        expected = "strings"
+    elif feature.size == 1 and not pa.types.is_list(arrow_type) and not pa.types.is_fixed_size_list(arrow_type):
+        ok = pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type)
+        expected = f"{feature.dtype} scalars"
+    else:
+        is_list = pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type) or pa.types.is_large_list(arrow_type)
+        ok = is_list and (not pa.types.is_fixed_size_list(arrow_type) or arrow_type.list_size == feature.size)
+        expected = f"lists of {feature.size} {feature.dtype}"
+    if not ok:
+        raise DatasetError(f"{path}: column {key!r} has type {arrow_type}, expected {expected}")
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        raise DatasetError(f"{path}: file is missing")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: not valid JSON ({error})") from None
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise DatasetError(f"{path}: file is missing")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{path}:{number}: not valid JSON ({error})") from None
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise DatasetError(f"{path}:{number}: missing key(s) {missing}")
+        rows.append(row)
+    return rows
+
+
+def _read_parquet(path: Path, memory_map: bool = False) -> pa.Table:
+    if not path.exists():
+        raise DatasetError(f"{path}: file is missing")
+    try:
+        return pq.read_table(path, memory_map=memory_map)
+    except (pa.ArrowException, OSError) as error:
+        raise DatasetError(f"{path}: unreadable parquet file ({error})") from None
