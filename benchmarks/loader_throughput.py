@@ -14,6 +14,7 @@ import argparse
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,9 @@ def scene_frames(length: int, seed: int, size: int = 128) -> np.ndarray:
 
 def build(root: Path, episodes: int, length: int, video: bool) -> None:
     writer = LeRobotDatasetWriter(root, features=default_features(video=video), fps=20)
-    reasoning = Reasoning(plan=("pick up the cube", "place it"), subtask="pick up the cube", move="move down").to_frame()
+    reasoning = Reasoning(
+        plan=("pick up the cube", "place it"), subtask="pick up the cube", move="move down"
+    ).to_frame()
     for seed in range(episodes):
         rng = np.random.default_rng(seed)
         writer.add_episode(
@@ -70,7 +73,9 @@ def build(root: Path, episodes: int, length: int, video: bool) -> None:
 def naive_sample(root: Path, row: int, horizon: int) -> dict[str, np.ndarray]:
     """What a loader without the fast path does: open parquet and filter rows for every sample."""
     table = pq.read_table(root / "data/chunk-000/file-000.parquet")
-    rows = table.filter(pc.and_(pc.greater_equal(table["index"], row), pc.less(table["index"], row + horizon)))
+    rows = table.filter(
+        pc.and_(pc.greater_equal(table["index"], row), pc.less(table["index"], row + horizon))
+    )
     return {
         "action": np.stack(rows["action"].to_pylist()),
         "agentview": decode_image(rows["observation.images.agentview"][0]["bytes"].as_py()),
@@ -78,8 +83,45 @@ def naive_sample(root: Path, row: int, horizon: int) -> dict[str, np.ndarray]:
     }
 
 
+def naive_batch(
+    root: Path, num_rows: int, horizon: int, rng: np.random.Generator, count: int = 8
+) -> int:
+    for row in rng.integers(0, num_rows, count):
+        naive_sample(root, int(row), horizon)
+    return count
+
+
+def measure(name: str, dataset: ActionChunkDataset, batch_size: int) -> dict[str, float]:
+    """Samples/s of random single-sample access and of a 2-worker shuffled DataLoader."""
+    rng = np.random.default_rng(0)
+
+    def single_process(count: int = 256) -> int:
+        for index in rng.integers(0, len(dataset), count):
+            dataset[int(index)]
+        return count
+
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=2,
+        persistent_workers=True,
+        drop_last=True,
+    )
+
+    def with_workers() -> int:
+        return sum(len(batch["task"]) for batch in loader)
+
+    return {
+        f"{name}: 1 process": rate(single_process),
+        f"{name}: DataLoader, 2 workers, batch {batch_size}": rate(with_workers),
+    }
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--episodes", type=int, default=40)
     parser.add_argument("--length", type=int, default=100)
     parser.add_argument("--horizon", type=int, default=10)
@@ -87,47 +129,39 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {machine_description()}")
-    print(f"dataset: {args.episodes} episodes x {args.length} frames, 2 cameras 128x128, horizon {args.horizon}")
+    print(
+        f"dataset: {args.episodes} episodes x {args.length} frames, 2 cameras 128x128, horizon {args.horizon}"
+    )
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for video in (False, True):
             root = Path(scratch) / ("video" if video else "png")
             start = time.perf_counter()
             build(root, args.episodes, args.length, video)
-            name = "mp4" if video else "png"
-            print(f"[{name}] wrote dataset in {time.perf_counter() - start:.1f} s")
-            start = time.perf_counter()
-            dataset = ActionChunkDataset(root, action_horizon=args.horizon)
-            dataset[0]  # video: decodes every stream once into the frame cache
-            print(f"[{name}] opened dataset (incl. frame cache) in {time.perf_counter() - start:.1f} s")
-            rng = np.random.default_rng(0)
-
-            def single_process(batch: int = 256) -> int:
-                for index in rng.integers(0, len(dataset), batch):
-                    dataset[int(index)]
-                return batch
-
-            results[f"{name}: __getitem__, 1 process"] = rate(single_process)
-            loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=2,
-                                persistent_workers=True, drop_last=True)
-
-            def with_workers() -> int:
-                count = 0
-                for batch in loader:
-                    count += len(batch["task"])
-                return count
-
-            results[f"{name}: DataLoader, 2 workers, batch {args.batch_size}"] = rate(with_workers)
+            storage = "mp4" if video else "png"
+            print(f"[{storage}] wrote dataset in {time.perf_counter() - start:.1f} s")
+            for frame_cache in [True] if video else [False, True]:
+                name = f"{storage}, {'frame cache' if frame_cache else 'decode per sample'}"
+                start = time.perf_counter()
+                dataset = ActionChunkDataset(
+                    root, action_horizon=args.horizon, frame_cache=frame_cache
+                )
+                print(
+                    f"[{name}] opened dataset (incl. building the frame cache) in {time.perf_counter() - start:.1f} s"
+                )
+                results.update(measure(name, dataset, args.batch_size))
             if not video:
-                results["png: naive per-sample parquet read, 1 process"] = rate(
-                    lambda: [naive_sample(root, int(i), args.horizon) for i in rng.integers(0, len(dataset), 8)] and 8
+                results["png, naive per-sample parquet read: 1 process"] = rate(
+                    partial(naive_batch, root, len(dataset), args.horizon, np.random.default_rng(0))
                 )
     print()
     for name, value in results.items():
         print(f"{name:<55} {value:8.0f} samples/s")
-    fast = results["png: __getitem__, 1 process"]
-    naive = results["png: naive per-sample parquet read, 1 process"]
-    print(f"\nfast path / naive per-sample read (1 process, png): {fast / naive:.1f}x")
+    naive = results["png, naive per-sample parquet read: 1 process"]
+    for name in ("png, decode per sample", "png, frame cache"):
+        print(
+            f"{name} / naive per-sample read (1 process): {results[name + ': 1 process'] / naive:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from rich.table import Table
 
 from data.reader import DatasetError, LeRobotDatasetReader
 
+STAT_COLUMNS = ("mean", "std", "min", "max", "q01", "q99")
+
 
 def info(path: Path, decode: bool, console: Console) -> int:
     """Print what a dataset holds and check it; returns the process exit code."""
@@ -51,23 +53,27 @@ def info(path: Path, decode: bool, console: Console) -> int:
     console.print(features)
 
     stats = reader.stats
-    summary = Table(title="stats (per dimension)", title_justify="left")
-    for column in ("feature", "mean", "std", "min", "max", "q01", "q99"):
-        summary.add_column(column)
+    summary = Table(title="stats", title_justify="left")
+    for column in ("feature", "dim", *STAT_COLUMNS):
+        summary.add_column(column, justify="left" if column in ("feature", "dim") else "right")
     for key in reader.numeric_keys:
         if key not in stats:
             continue
-        feature_stats = stats[key]
-        summary.add_row(
-            key, *(_format_vector(feature_stats[name]) for name in ("mean", "std", "min", "max", "q01", "q99"))
-        )
+        feature = reader.features[key]
+        names = feature.names if feature.names and len(feature.names) == feature.size else None
+        columns = {name: np.asarray(stats[key][name]).reshape(-1) for name in STAT_COLUMNS}
+        for dim in range(feature.size):
+            summary.add_row(
+                key if dim == 0 else "",
+                names[dim] if names else str(dim),
+                *(f"{columns[name][dim]:.4g}" for name in STAT_COLUMNS),
+                end_section=dim == feature.size - 1,
+            )
     console.print(summary)
-    console.print("[green]valid[/]" + (" (all media decoded)" if decode else " (media not decoded)"))
+    console.print(
+        "[green]valid[/]" + (" (all media decoded)" if decode else " (media not decoded)")
+    )
     return 0
-
-
-def _format_vector(values: np.ndarray) -> str:
-    return " ".join(f"{value:.3g}" for value in np.asarray(values).reshape(-1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,13 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser = commands.add_parser("info", help="summarize and validate a dataset")
     info_parser.add_argument("path", type=Path, help="dataset directory (holds meta/info.json)")
     info_parser.add_argument(
-        "--no-decode", action="store_true", help="skip decoding images/videos (faster, less thorough)"
+        "--no-decode",
+        action="store_true",
+        help="skip decoding images/videos (faster, less thorough)",
     )
 
     import_parser = commands.add_parser("import-libero", help="convert LIBERO HDF5 demonstrations")
     import_parser.add_argument("files", type=Path, nargs="+", help="LIBERO *_demo.hdf5 files")
     import_parser.add_argument("--out", type=Path, required=True, help="output dataset directory")
-    import_parser.add_argument("--video", action="store_true", help="store cameras as mp4 instead of PNG")
+    import_parser.add_argument(
+        "--video", action="store_true", help="store cameras as mp4 instead of PNG"
+    )
     import_parser.add_argument(
         "--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="resize images"
     )
@@ -104,22 +114,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "info":
         return info(args.path, decode=not args.no_decode, console=console)
     if args.command == "import-libero":
-        from data.libero_import import import_libero_hdf5
+        from data.libero_import import LiberoImportError, import_libero_hdf5
 
         missing = [str(path) for path in args.files if not path.exists()]
         if missing:
             console.print(f"[bold red]error[/]: no such file(s): {', '.join(missing)}")
             return 2
-        summary = import_libero_hdf5(
-            args.files, args.out, video=args.video,
-            image_size=tuple(args.image_size) if args.image_size else None,
-        )
+        try:
+            summary = import_libero_hdf5(
+                args.files,
+                args.out,
+                video=args.video,
+                image_size=tuple(args.image_size) if args.image_size else None,
+            )
+        except LiberoImportError as error:
+            console.print(f"[bold red]error[/]: {error}")
+            return 2
         console.print(f"imported {summary}")
         return 0
     if args.command == "synthetic-libero":
         from data.synthetic_libero import write_synthetic_libero_hdf5
 
-        path = write_synthetic_libero_hdf5(args.path, num_demos=args.demos, length=args.length, seed=args.seed)
+        path = write_synthetic_libero_hdf5(
+            args.path, num_demos=args.demos, length=args.length, seed=args.seed
+        )
         console.print(f"wrote {path}")
         return 0
     raise AssertionError(args.command)

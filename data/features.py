@@ -25,7 +25,16 @@ VISUAL_DTYPES = ("image", "video")
 NUMERIC_DTYPES = ("float32", "float64", "int16", "int32", "int64", "uint8", "bool")
 TEXT_DTYPES = ("string",)
 
-STATE_NAMES = ["eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "finger_left", "finger_right"]
+STATE_NAMES = [
+    "eef_x",
+    "eef_y",
+    "eef_z",
+    "eef_ax",
+    "eef_ay",
+    "eef_az",
+    "finger_left",
+    "finger_right",
+]
 ACTION_NAMES = ["dx", "dy", "dz", "dax", "day", "daz", "gripper"]
 GRIPPER_TRACE_NAMES = [f"{axis}{step}" for step in range(5) for axis in ("x", "y")]
 
@@ -110,7 +119,9 @@ def default_features(
     height, width = image_size
     visual_dtype = "video" if video else "image"
     features: dict[str, Feature] = {
-        f"observation.images.{camera}": Feature(visual_dtype, (height, width, 3), ["height", "width", "channels"])
+        f"observation.images.{camera}": Feature(
+            visual_dtype, (height, width, 3), ["height", "width", "channels"]
+        )
         for camera in cameras
     }
     features["observation.state"] = Feature("float32", (8,), STATE_NAMES)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import TypeVar
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 ArrayLike = TypeVar("ArrayLike", np.ndarray, torch.Tensor)
 
 
-class NormMode(str, Enum):
+class NormMode(StrEnum):
     IDENTITY = "identity"
     MEAN_STD = "mean_std"  # zero mean, unit variance
     QUANTILE = "quantile"  # q01 -> -1, q99 -> +1 (pi0.5 style; robust to outliers)
@@ -48,7 +48,9 @@ class FeatureNormalizer:
         }[mode]
         missing = [name for name in needed if name not in stats]
         if missing:
-            raise KeyError(f"{mode.value} normalization needs stats {list(needed)}; missing {missing}")
+            raise KeyError(
+                f"{mode.value} normalization needs stats {list(needed)}; missing {missing}"
+            )
         first, second = (np.asarray(stats[name], dtype=np.float64) for name in needed)
         if mode is NormMode.MEAN_STD:
             offset, scale = first, second
@@ -87,11 +89,19 @@ class Normalizer:
         missing = [key for key in modes if key not in stats]
         if missing:
             raise KeyError(f"no statistics for feature(s) {missing}; stats cover {sorted(stats)}")
-        self.features = {key: FeatureNormalizer.from_stats(stats[key], mode, eps) for key, mode in modes.items()}
+        self.features = {
+            key: FeatureNormalizer.from_stats(stats[key], mode, eps) for key, mode in modes.items()
+        }
 
     def normalize(self, batch: Mapping[str, ArrayLike]) -> dict[str, ArrayLike]:
         """A copy of `batch` with the configured features normalized and the rest untouched."""
-        return {key: self.features[key].normalize(value) if key in self.features else value for key, value in batch.items()}
+        return {
+            key: self.features[key].normalize(value) if key in self.features else value
+            for key, value in batch.items()
+        }
 
     def unnormalize(self, batch: Mapping[str, ArrayLike]) -> dict[str, ArrayLike]:
-        return {key: self.features[key].unnormalize(value) if key in self.features else value for key, value in batch.items()}
+        return {
+            key: self.features[key].unnormalize(value) if key in self.features else value
+            for key, value in batch.items()
+        }

@@ -58,7 +58,14 @@ class LeRobotDatasetReader:
             raise DatasetError(f"{self.root}: no such dataset directory")
         info_path = self.root / layout.INFO_PATH
         self.info = _read_json(info_path)
-        for key in ("codebase_version", "fps", "features", "total_episodes", "total_frames", "data_path"):
+        for key in (
+            "codebase_version",
+            "fps",
+            "features",
+            "total_episodes",
+            "total_frames",
+            "data_path",
+        ):
             if key not in self.info:
                 raise DatasetError(f"{info_path}: missing key {key!r}")
         self.version = self.info["codebase_version"]
@@ -125,8 +132,15 @@ class LeRobotDatasetReader:
             raise DatasetError(f"{self.root / 'meta/episodes'}: no episode metadata files")
         tables = [_read_parquet(path) for path in episode_files]
         table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
-        required = ("episode_index", "length", "data/chunk_index", "data/file_index",
-                    "dataset_from_index", "dataset_to_index", "tasks")
+        required = (
+            "episode_index",
+            "length",
+            "data/chunk_index",
+            "data/file_index",
+            "dataset_from_index",
+            "dataset_to_index",
+            "tasks",
+        )
         for column in required:
             if tables and column not in table.column_names:
                 raise DatasetError(f"{episode_files[0]}: missing column {column!r}")
@@ -147,9 +161,12 @@ class LeRobotDatasetReader:
             for key in video_keys:
                 prefix = f"videos/{key}/"
                 if prefix + "chunk_index" not in row:
-                    raise DatasetError(f"{episode_files[0]}: missing column {prefix + 'chunk_index'!r}")
+                    raise DatasetError(
+                        f"{episode_files[0]}: missing column {prefix + 'chunk_index'!r}"
+                    )
                 videos[key] = VideoSegment(
-                    path=self.root / self.info["video_path"].format(
+                    path=self.root
+                    / self.info["video_path"].format(
                         video_key=key,
                         chunk_index=row[prefix + "chunk_index"],
                         file_index=row[prefix + "file_index"],
@@ -162,7 +179,8 @@ class LeRobotDatasetReader:
                     index=int(row["episode_index"]),
                     length=int(row["length"]),
                     tasks=tuple(row["tasks"]),
-                    data_path=self.root / self.info["data_path"].format(
+                    data_path=self.root
+                    / self.info["data_path"].format(
                         chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
                     ),
                     from_index=int(row["dataset_from_index"]),
@@ -189,7 +207,8 @@ class LeRobotDatasetReader:
             chunk = index // chunks_size
             videos = {
                 key: VideoSegment(
-                    self.root / self.info["video_path"].format(
+                    self.root
+                    / self.info["video_path"].format(
                         episode_chunk=chunk, video_key=key, episode_index=index
                     ),
                     0.0,
@@ -202,9 +221,8 @@ class LeRobotDatasetReader:
                     index=index,
                     length=length,
                     tasks=tuple(row.get("tasks", ())),
-                    data_path=self.root / self.info["data_path"].format(
-                        episode_chunk=chunk, episode_index=index
-                    ),
+                    data_path=self.root
+                    / self.info["data_path"].format(episode_chunk=chunk, episode_index=index),
                     from_index=start,
                     to_index=start + length,
                     videos=videos,
@@ -222,7 +240,10 @@ class LeRobotDatasetReader:
     def _check_episode_index_ranges(self) -> None:
         expected_start = 0
         for episode in self.episodes:
-            if episode.from_index != expected_start or episode.to_index - episode.from_index != episode.length:
+            if (
+                episode.from_index != expected_start
+                or episode.to_index - episode.from_index != episode.length
+            ):
                 raise DatasetError(
                     f"{self.root / 'meta/episodes'}: episode {episode.index} covers rows "
                     f"[{episode.from_index}, {episode.to_index}) with length {episode.length}; "
@@ -254,7 +275,9 @@ class LeRobotDatasetReader:
             order = np.argsort(index, kind="stable")
             table = table.take(pa.array(order))
             if not np.array_equal(table["index"].to_numpy(), np.arange(self.num_frames)):
-                raise DatasetError(f"{self.root}: the 'index' column is not 0..{self.num_frames - 1}")
+                raise DatasetError(
+                    f"{self.root}: the 'index' column is not 0..{self.num_frames - 1}"
+                )
         return table
 
     def _read_data_file(self, path: Path) -> pa.Table:
@@ -262,7 +285,9 @@ class LeRobotDatasetReader:
         expected = [key for key, feature in self.features.items() if feature.dtype != "video"]
         for key in [*expected, "index", "episode_index", "frame_index", "task_index"]:
             if key not in table.column_names:
-                raise DatasetError(f"{path}: missing column {key!r} (declared in {layout.INFO_PATH})")
+                raise DatasetError(
+                    f"{path}: missing column {key!r} (declared in {layout.INFO_PATH})"
+                )
         for key in expected:
             _check_column_type(path, key, self.features[key], table.schema.field(key).type)
         # Rows at or past total_frames were written by an interrupted writer and never committed.
@@ -270,7 +295,9 @@ class LeRobotDatasetReader:
 
     def numeric_columns(self) -> dict[str, np.ndarray]:
         """Every numeric feature as a (N, *shape) array, read straight from parquet."""
-        return {key: column_to_numpy(self.table[key], self.features[key]) for key in self.numeric_keys}
+        return {
+            key: column_to_numpy(self.table[key], self.features[key]) for key in self.numeric_keys
+        }
 
     def task_of_frames(self) -> list[str]:
         """Task text per frame, resolved through task_index."""
@@ -286,11 +313,15 @@ class LeRobotDatasetReader:
 
         segment = episode.videos[key]
         if not segment.path.exists():
-            raise DatasetError(f"{segment.path}: video file for {key!r} episode {episode.index} is missing")
+            raise DatasetError(
+                f"{segment.path}: video file for {key!r} episode {episode.index} is missing"
+            )
         try:
             frames = decode_video(segment.path, segment.from_timestamp, segment.to_timestamp)
         except Exception as error:  # noqa: BLE001 - FFmpeg raises many types for a bad file
-            raise DatasetError(f"{segment.path}: cannot decode video for {key!r}: {error}") from error
+            raise DatasetError(
+                f"{segment.path}: cannot decode video for {key!r}: {error}"
+            ) from error
         if len(frames) != episode.length:
             raise DatasetError(
                 f"{segment.path}: {key!r} has {len(frames)} frames for episode {episode.index}, "
@@ -339,11 +370,15 @@ class LeRobotDatasetReader:
                     f"all belong to episode {episode.index}"
                 )
             if not np.array_equal(frame_index[rows], np.arange(episode.length)):
-                raise DatasetError(f"{episode.data_path}: frame_index of episode {episode.index} is not 0..{episode.length - 1}")
+                raise DatasetError(
+                    f"{episode.data_path}: frame_index of episode {episode.index} is not 0..{episode.length - 1}"
+                )
         for key, values in self.numeric_columns().items():
             if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
                 bad_row = int(np.argwhere(~np.isfinite(values.reshape(len(values), -1)))[0, 0])
-                raise DatasetError(f"{self.episode_of_row(bad_row).data_path}: {key!r} holds NaN/Inf at row {bad_row}")
+                raise DatasetError(
+                    f"{self.episode_of_row(bad_row).data_path}: {key!r} holds NaN/Inf at row {bad_row}"
+                )
         if not decode:
             return
         for episode in self.episodes:
@@ -371,7 +406,11 @@ class LeRobotDatasetReader:
 def column_to_numpy(column: pa.ChunkedArray, feature: Feature) -> np.ndarray:
     """A numeric column as (N, *feature.shape); accepts fixed-size and variable lists (v2 files)."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type) or pa.types.is_large_list(array.type):
+    if (
+        pa.types.is_list(array.type)
+        or pa.types.is_fixed_size_list(array.type)
+        or pa.types.is_large_list(array.type)
+    ):
         values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
     else:
         values = array.to_numpy(zero_copy_only=False)
@@ -390,12 +429,26 @@ def _check_column_type(path: Path, key: str, feature: Feature, arrow_type: pa.Da
     elif feature.dtype == "string":
         ok = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
         expected = "strings"
-    elif feature.size == 1 and not pa.types.is_list(arrow_type) and not pa.types.is_fixed_size_list(arrow_type):
-        ok = pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type)
+    elif (
+        feature.size == 1
+        and not pa.types.is_list(arrow_type)
+        and not pa.types.is_fixed_size_list(arrow_type)
+    ):
+        ok = (
+            pa.types.is_integer(arrow_type)
+            or pa.types.is_floating(arrow_type)
+            or pa.types.is_boolean(arrow_type)
+        )
         expected = f"{feature.dtype} scalars"
     else:
-        is_list = pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type) or pa.types.is_large_list(arrow_type)
-        ok = is_list and (not pa.types.is_fixed_size_list(arrow_type) or arrow_type.list_size == feature.size)
+        is_list = (
+            pa.types.is_list(arrow_type)
+            or pa.types.is_fixed_size_list(arrow_type)
+            or pa.types.is_large_list(arrow_type)
+        )
+        ok = is_list and (
+            not pa.types.is_fixed_size_list(arrow_type) or arrow_type.list_size == feature.size
+        )
         expected = f"lists of {feature.size} {feature.dtype}"
     if not ok:
         raise DatasetError(f"{path}: column {key!r} has type {arrow_type}, expected {expected}")

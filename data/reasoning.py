@@ -43,8 +43,8 @@ import dataclasses
 import json
 import operator
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -148,9 +148,7 @@ class Reasoning:
         if isinstance(self.plan, str):
             raise TypeError("plan must be a sequence of subtasks, not a single str")
         plan = tuple(_as_str(p, f"plan[{i}]") for i, p in enumerate(self.plan))
-        points = tuple(
-            _int_tuple(p, 2, f"gripper_px[{i}]") for i, p in enumerate(self.gripper_px)
-        )
+        points = tuple(_int_tuple(p, 2, f"gripper_px[{i}]") for i, p in enumerate(self.gripper_px))
         if len(points) > GRIPPER_POINTS:
             raise ValueError(f"gripper_px holds at most {GRIPPER_POINTS} points, got {len(points)}")
         for i, obj in enumerate(self.objects):
@@ -398,7 +396,7 @@ def _split_segments(text: str) -> Iterator[_Segment]:
     lead = text[: matches[0].start()] if matches else text
     if lead.strip():
         yield _Segment(None, lead.strip(), lead.strip())
-    for match, following in zip(matches, [*matches[1:], None]):
+    for match, following in zip(matches, [*matches[1:], None], strict=False):
         end = following.start() if following else len(text)
         chunk = text[match.end() : end]
         head, dot, tail = chunk.partition(".")

@@ -60,16 +60,22 @@ class ActionChunkDataset(Dataset):
             raise ValueError(
                 f"action_horizon and n_obs_steps must be >= 1, got {action_horizon} and {n_obs_steps}"
             )
-        self.reader = dataset if isinstance(dataset, LeRobotDatasetReader) else LeRobotDatasetReader(dataset)
+        self.reader = (
+            dataset if isinstance(dataset, LeRobotDatasetReader) else LeRobotDatasetReader(dataset)
+        )
         self.action_horizon = action_horizon
         self.n_obs_steps = n_obs_steps
         for key in ("observation.state", "action"):
             if key not in self.reader.features:
-                raise KeyError(f"{self.reader.root}: dataset has no {key!r} feature (has {sorted(self.reader.features)})")
+                raise KeyError(
+                    f"{self.reader.root}: dataset has no {key!r} feature (has {sorted(self.reader.features)})"
+                )
 
         self.camera_keys = self._select_cameras(cameras)
         table = self.reader.table
-        self.state = column_to_numpy(table["observation.state"], self.reader.features["observation.state"])
+        self.state = column_to_numpy(
+            table["observation.state"], self.reader.features["observation.state"]
+        )
         self.action = column_to_numpy(table["action"], self.reader.features["action"])
         self.task_index = table["task_index"].to_numpy()
         self.episode_index = table["episode_index"].to_numpy()
@@ -84,7 +90,11 @@ class ActionChunkDataset(Dataset):
         self.reasoning_text = {}
         self.gripper_trace = None
         if include_reasoning:
-            self.reasoning_text = {key: table[key].combine_chunks() for key in REASONING_TEXT_KEYS if key in table.column_names}
+            self.reasoning_text = {
+                key: table[key].combine_chunks()
+                for key in REASONING_TEXT_KEYS
+                if key in table.column_names
+            }
             if "reasoning.gripper_px" in self.reader.features:
                 self.gripper_trace = column_to_numpy(
                     table["reasoning.gripper_px"], self.reader.features["reasoning.gripper_px"]
@@ -104,20 +114,31 @@ class ActionChunkDataset(Dataset):
             by_index = {episode.index: episode for episode in self.reader.episodes}
             unknown = sorted(set(episodes) - set(by_index))
             if unknown:
-                raise KeyError(f"{self.reader.root}: no episodes {unknown[:10]} (has 0..{self.reader.num_episodes - 1})")
+                raise KeyError(
+                    f"{self.reader.root}: no episodes {unknown[:10]} (has 0..{self.reader.num_episodes - 1})"
+                )
             selected = [by_index[index] for index in episodes]
-        self.rows = np.concatenate(
-            [np.arange(episode.from_index, episode.to_index) for episode in selected]
-        ) if selected else np.zeros(0, dtype=np.int64)
+        self.rows = (
+            np.concatenate(
+                [np.arange(episode.from_index, episode.to_index) for episode in selected]
+            )
+            if selected
+            else np.zeros(0, dtype=np.int64)
+        )
 
     def _select_cameras(self, cameras: Sequence[str] | None) -> list[str]:
         available = self.reader.visual_keys
         if cameras is None:
             return available
-        keys = [camera if camera.startswith("observation.images.") else f"observation.images.{camera}" for camera in cameras]
+        keys = [
+            camera if camera.startswith("observation.images.") else f"observation.images.{camera}"
+            for camera in cameras
+        ]
         missing = [key for key in keys if key not in available]
         if missing:
-            raise KeyError(f"{self.reader.root}: no camera(s) {missing}; the dataset has {available}")
+            raise KeyError(
+                f"{self.reader.root}: no camera(s) {missing}; the dataset has {available}"
+            )
         return keys
 
     def __len__(self) -> int:
@@ -198,7 +219,9 @@ def decoded_frame_cache(reader: LeRobotDatasetReader, key: str) -> Path:
         for stale in cache_dir.glob(f"{key}-*.npy"):
             stale.unlink()
         partial = path.with_name(path.name + ".partial")
-        frames = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(reader.num_frames, *feature.shape))
+        frames = np.lib.format.open_memmap(
+            partial, mode="w+", dtype=np.uint8, shape=(reader.num_frames, *feature.shape)
+        )
         for episode in reader.episodes:
             if feature.dtype == "video":
                 frames[episode.from_index : episode.to_index] = reader.episode_video(key, episode)

@@ -32,7 +32,9 @@ def encode_video(frames: np.ndarray, path: Path, fps: int, codec: str | None = N
     """Encode uint8 frames (T, H, W, 3) to an mp4 at `path`, one frame per 1/fps seconds."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {frames.shape}")
+        raise ValueError(
+            f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {frames.shape}"
+        )
     codec = codec or pick_codec()
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)

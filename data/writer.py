@@ -263,10 +263,20 @@ class LeRobotDatasetWriter:
             "index_columns": ["__index_level_0__"],
             "column_indexes": [],
             "columns": [
-                {"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
-                 "numpy_type": "int64", "metadata": None},
-                {"name": "task", "field_name": "__index_level_0__", "pandas_type": "unicode",
-                 "numpy_type": "object", "metadata": None},
+                {
+                    "name": "task_index",
+                    "field_name": "task_index",
+                    "pandas_type": "int64",
+                    "numpy_type": "int64",
+                    "metadata": None,
+                },
+                {
+                    "name": "task",
+                    "field_name": "__index_level_0__",
+                    "pandas_type": "unicode",
+                    "numpy_type": "object",
+                    "metadata": None,
+                },
             ],
         }
         return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})

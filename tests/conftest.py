@@ -18,13 +18,19 @@ from data.writer import LeRobotDatasetWriter  # noqa: E402
 EpisodeColumns = dict[str, list]
 
 
-def make_episode(length: int, seed: int, image_size: tuple[int, int] = (32, 32), reasoning: bool = True) -> EpisodeColumns:
+def make_episode(
+    length: int, seed: int, image_size: tuple[int, int] = (32, 32), reasoning: bool = True
+) -> EpisodeColumns:
     """One episode of random but reproducible frames with the default vla features."""
     rng = np.random.default_rng(seed)
     height, width = image_size
     columns: EpisodeColumns = {
-        "observation.images.agentview": list(rng.integers(0, 256, (length, height, width, 3), dtype=np.uint8)),
-        "observation.images.wrist": list(rng.integers(0, 256, (length, height, width, 3), dtype=np.uint8)),
+        "observation.images.agentview": list(
+            rng.integers(0, 256, (length, height, width, 3), dtype=np.uint8)
+        ),
+        "observation.images.wrist": list(
+            rng.integers(0, 256, (length, height, width, 3), dtype=np.uint8)
+        ),
         "observation.state": list(rng.normal(size=(length, 8)).astype(np.float32)),
         "action": list(rng.uniform(-1, 1, size=(length, 7)).astype(np.float32)),
     }
@@ -57,7 +63,9 @@ def write_dataset(tmp_path: Path) -> Callable[..., tuple[Path, list[EpisodeColum
     ) -> tuple[Path, list[EpisodeColumns]]:
         root = tmp_path / name
         writer = LeRobotDatasetWriter(
-            root, features=default_features(image_size=image_size, video=video), fps=20,
+            root,
+            features=default_features(image_size=image_size, video=video),
+            fps=20,
             data_file_size_mb=data_file_size_mb,
         )
         episodes = []

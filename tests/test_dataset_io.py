@@ -34,15 +34,21 @@ def assert_dataset_equals(root: Path, episodes: list[dict]) -> None:
     for episode_record, written in zip(reader.episodes, episodes, strict=True):
         rows = slice(episode_record.from_index, episode_record.to_index)
         assert episode_record.length == len(written["action"])
-        np.testing.assert_array_equal(numeric["observation.state"][rows], np.stack(written["observation.state"]))
+        np.testing.assert_array_equal(
+            numeric["observation.state"][rows], np.stack(written["observation.state"])
+        )
         np.testing.assert_array_equal(numeric["action"][rows], np.stack(written["action"]))
-        np.testing.assert_array_equal(numeric["reasoning.gripper_px"][rows], np.stack(written["reasoning.gripper_px"]))
+        np.testing.assert_array_equal(
+            numeric["reasoning.gripper_px"][rows], np.stack(written["reasoning.gripper_px"])
+        )
         assert reader.table["reasoning.subtask"][rows].to_pylist() == written["reasoning.subtask"]
         assert reader.table["reasoning.objects"][rows].to_pylist() == written["reasoning.objects"]
         for offset in range(episode_record.length):
             for camera in ("agentview", "wrist"):
                 key = f"observation.images.{camera}"
-                np.testing.assert_array_equal(reader.image(key, episode_record.from_index + offset), written[key][offset])
+                np.testing.assert_array_equal(
+                    reader.image(key, episode_record.from_index + offset), written[key][offset]
+                )
 
 
 def test_round_trip_is_exact(write_dataset) -> None:
@@ -54,7 +60,9 @@ def test_round_trip_is_exact(write_dataset) -> None:
     assert [episode.tasks for episode in reader.episodes] == [("task 0",), ("task 1",), ("task 0",)]
     assert reader.task_of_frames()[7:12] == ["task 1"] * 5
     np.testing.assert_array_equal(reader.table["frame_index"].to_numpy()[7:12], np.arange(5))
-    np.testing.assert_allclose(reader.table["timestamp"].to_numpy()[7:12], np.arange(5) / 20, rtol=1e-6)
+    np.testing.assert_allclose(
+        reader.table["timestamp"].to_numpy()[7:12], np.arange(5) / 20, rtol=1e-6
+    )
 
 
 def test_layout_matches_lerobot_v3(write_dataset) -> None:
@@ -63,13 +71,18 @@ def test_layout_matches_lerobot_v3(write_dataset) -> None:
     assert info["codebase_version"] == "v3.0"
     assert (info["total_episodes"], info["total_frames"], info["total_tasks"]) == (2, 8, 2)
     assert info["features"]["observation.state"] == {
-        "dtype": "float32", "shape": [8], "names": default_features()["observation.state"].names
+        "dtype": "float32",
+        "shape": [8],
+        "names": default_features()["observation.state"].names,
     }
     for name in ("frame_index", "episode_index", "index", "task_index", "timestamp"):
         assert name in info["features"]
     assert (root / "data/chunk-000/file-000.parquet").exists()
     episodes = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
-    assert [(row["dataset_from_index"], row["dataset_to_index"]) for row in episodes] == [(0, 4), (4, 8)]
+    assert [(row["dataset_from_index"], row["dataset_to_index"]) for row in episodes] == [
+        (0, 4),
+        (4, 8),
+    ]
     tasks = pq.read_table(root / "meta/tasks.parquet").to_pandas() if _has_pandas() else None
     if tasks is not None:
         assert list(tasks.index) == ["task 0", "task 1"]
@@ -102,7 +115,10 @@ def test_several_episodes_share_a_data_file(write_dataset) -> None:
 def test_resume_appends_after_committed_episodes(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     writer = LeRobotDatasetWriter(root, features=default_features(image_size=(16, 16)), fps=20)
-    first = [make_episode(5, seed=0, image_size=(16, 16)), make_episode(6, seed=1, image_size=(16, 16))]
+    first = [
+        make_episode(5, seed=0, image_size=(16, 16)),
+        make_episode(6, seed=1, image_size=(16, 16)),
+    ]
     for episode in first:
         writer.add_episode(episode, task="a")
     resumed = LeRobotDatasetWriter(root, features=default_features(image_size=(16, 16)), fps=20)
@@ -126,7 +142,9 @@ class CrashBeforeCommit(RuntimeError):
 
 
 @pytest.mark.parametrize("crash_at", ["data", "episodes", "tasks", "info"])
-def test_crash_mid_episode_leaves_no_partial_episode(tmp_path: Path, monkeypatch, crash_at: str) -> None:
+def test_crash_mid_episode_leaves_no_partial_episode(
+    tmp_path: Path, monkeypatch, crash_at: str
+) -> None:
     """A crash at any write of an episode's commit leaves the dataset as it was before it."""
     root = tmp_path / "ds"
     features = default_features(image_size=(16, 16))
@@ -134,7 +152,12 @@ def test_crash_mid_episode_leaves_no_partial_episode(tmp_path: Path, monkeypatch
     kept = make_episode(5, seed=0, image_size=(16, 16))
     writer.add_episode(kept, task="a")
 
-    targets = {"data": "data/", "episodes": "meta/episodes/", "tasks": layout.TASKS_PATH, "info": layout.INFO_PATH}
+    targets = {
+        "data": "data/",
+        "episodes": "meta/episodes/",
+        "tasks": layout.TASKS_PATH,
+        "info": layout.INFO_PATH,
+    }
     real_parquet, real_json = layout.atomic_write_parquet, layout.atomic_write_json
 
     def crashing(real):
@@ -142,6 +165,7 @@ def test_crash_mid_episode_leaves_no_partial_episode(tmp_path: Path, monkeypatch
             if targets[crash_at] in path.relative_to(root).as_posix():
                 raise CrashBeforeCommit(path)
             return real(path, payload)
+
         return write
 
     monkeypatch.setattr(layout, "atomic_write_parquet", crashing(real_parquet))
@@ -163,7 +187,7 @@ def test_sigkill_during_generation_is_resumable(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys
-        sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
+        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
         from conftest import make_episode
         from data.features import default_features
         from data.writer import LeRobotDatasetWriter
@@ -194,13 +218,17 @@ def test_sigkill_during_generation_is_resumable(tmp_path: Path) -> None:
 
 
 def test_writer_rejects_bad_frames(tmp_path: Path) -> None:
-    writer = LeRobotDatasetWriter(tmp_path / "ds", features=default_features(image_size=(16, 16)), fps=20)
+    writer = LeRobotDatasetWriter(
+        tmp_path / "ds", features=default_features(image_size=(16, 16)), fps=20
+    )
     episode = make_episode(4, seed=0, image_size=(16, 16))
     bad_shape = {**episode, "observation.state": [np.zeros(7, np.float32)] * 4}
     with pytest.raises(ValueError, match=r"'observation.state'.*\(8,\)"):
         writer.add_episode(bad_shape, task="t")
     with pytest.raises(ValueError, match=r"missing \['action'\]"):
-        writer.add_episode({key: value for key, value in episode.items() if key != "action"}, task="t")
+        writer.add_episode(
+            {key: value for key, value in episode.items() if key != "action"}, task="t"
+        )
     nan_action = {**episode, "action": [np.full(7, np.nan, np.float32)] * 4}
     with pytest.raises(ValueError, match="'action'.*NaN"):
         writer.add_episode(nan_action, task="t")
@@ -248,7 +276,9 @@ def test_declared_shape_mismatch_names_column(write_dataset) -> None:
     info = json.loads((root / "meta/info.json").read_text())
     info["features"]["action"]["shape"] = [6]
     (root / "meta/info.json").write_text(json.dumps(info))
-    with pytest.raises(DatasetError, match=r"file-000\.parquet: column 'action' has type .*expected lists of 6"):
+    with pytest.raises(
+        DatasetError, match=r"file-000\.parquet: column 'action' has type .*expected lists of 6"
+    ):
         LeRobotDatasetReader(root).validate()
 
 
@@ -256,7 +286,9 @@ def test_missing_column_names_file_and_key(write_dataset) -> None:
     root, _ = write_dataset(lengths=(4,))
     path = root / "data/chunk-000/file-000.parquet"
     pq.write_table(pq.read_table(path).drop_columns(["observation.state"]), path)
-    with pytest.raises(DatasetError, match=r"file-000\.parquet: missing column 'observation.state'"):
+    with pytest.raises(
+        DatasetError, match=r"file-000\.parquet: missing column 'observation.state'"
+    ):
         LeRobotDatasetReader(root).validate()
 
 
@@ -283,9 +315,13 @@ def test_corrupted_image_bytes_are_reported(write_dataset) -> None:
     images = table["observation.images.wrist"].to_pylist()
     images[0] = {"bytes": b"\x89PNG garbage", "path": None}
     column = table.schema.get_field_index("observation.images.wrist")
-    table = table.set_column(column, "observation.images.wrist", pa.array(images, table.schema.field(column).type))
+    table = table.set_column(
+        column, "observation.images.wrist", pa.array(images, table.schema.field(column).type)
+    )
     pq.write_table(table, path)
-    with pytest.raises(DatasetError, match=r"cannot decode 'observation.images.wrist' of episode 0"):
+    with pytest.raises(
+        DatasetError, match=r"cannot decode 'observation.images.wrist' of episode 0"
+    ):
         LeRobotDatasetReader(root).validate()
 
 
@@ -295,33 +331,52 @@ def write_v21(root: Path, episodes: list[dict], fps: int = 20) -> None:
     and variable-length list columns as HF `datasets` writes them."""
     features = default_features(image_size=(32, 32), reasoning=False)
     info = {
-        "codebase_version": "v2.1", "robot_type": "panda", "fps": fps, "chunks_size": 1000,
-        "total_episodes": len(episodes), "total_frames": sum(len(e["action"]) for e in episodes),
-        "total_tasks": 1, "splits": {"train": f"0:{len(episodes)}"},
+        "codebase_version": "v2.1",
+        "robot_type": "panda",
+        "fps": fps,
+        "chunks_size": 1000,
+        "total_episodes": len(episodes),
+        "total_frames": sum(len(e["action"]) for e in episodes),
+        "total_tasks": 1,
+        "splits": {"train": f"0:{len(episodes)}"},
         "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
         "video_path": None,
         "features": {key: feature.to_json() for key, feature in features.items()},
     }
     (root / "meta").mkdir(parents=True)
     (root / "meta/info.json").write_text(json.dumps(info))
-    (root / "meta/tasks.jsonl").write_text(json.dumps({"task_index": 0, "task": "stack the cubes"}) + "\n")
+    (root / "meta/tasks.jsonl").write_text(
+        json.dumps({"task_index": 0, "task": "stack the cubes"}) + "\n"
+    )
     lines, start = [], 0
     for index, episode in enumerate(episodes):
         length = len(episode["action"])
-        lines.append(json.dumps({"episode_index": index, "tasks": ["stack the cubes"], "length": length}))
+        lines.append(
+            json.dumps({"episode_index": index, "tasks": ["stack the cubes"], "length": length})
+        )
         from data.writer import _encode_png
 
-        table = pa.table({
-            "observation.images.agentview": [{"bytes": _encode_png(i), "path": None} for i in episode["observation.images.agentview"]],
-            "observation.images.wrist": [{"bytes": _encode_png(i), "path": None} for i in episode["observation.images.wrist"]],
-            "observation.state": pa.array([s.tolist() for s in episode["observation.state"]], pa.list_(pa.float32())),
-            "action": pa.array([a.tolist() for a in episode["action"]], pa.list_(pa.float32())),
-            "timestamp": pa.array(np.arange(length) / fps, pa.float32()),
-            "frame_index": pa.array(np.arange(length)),
-            "episode_index": pa.array(np.full(length, index)),
-            "index": pa.array(np.arange(start, start + length)),
-            "task_index": pa.array(np.zeros(length, np.int64)),
-        })
+        table = pa.table(
+            {
+                "observation.images.agentview": [
+                    {"bytes": _encode_png(i), "path": None}
+                    for i in episode["observation.images.agentview"]
+                ],
+                "observation.images.wrist": [
+                    {"bytes": _encode_png(i), "path": None}
+                    for i in episode["observation.images.wrist"]
+                ],
+                "observation.state": pa.array(
+                    [s.tolist() for s in episode["observation.state"]], pa.list_(pa.float32())
+                ),
+                "action": pa.array([a.tolist() for a in episode["action"]], pa.list_(pa.float32())),
+                "timestamp": pa.array(np.arange(length) / fps, pa.float32()),
+                "frame_index": pa.array(np.arange(length)),
+                "episode_index": pa.array(np.full(length, index)),
+                "index": pa.array(np.arange(start, start + length)),
+                "task_index": pa.array(np.zeros(length, np.int64)),
+            }
+        )
         path = root / f"data/chunk-000/episode_{index:06d}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
@@ -338,10 +393,18 @@ def test_reads_v21_layout(tmp_path: Path) -> None:
     assert reader.tasks == ["stack the cubes"]
     assert [episode.length for episode in reader.episodes] == [5, 8]
     numeric = reader.numeric_columns()
-    np.testing.assert_array_equal(numeric["action"], np.concatenate([np.stack(e["action"]) for e in episodes]))
-    assert numeric["observation.state"].dtype == np.float32 and numeric["observation.state"].shape == (13, 8)
-    np.testing.assert_array_equal(reader.image("observation.images.wrist", 6), episodes[1]["observation.images.wrist"][1])
-    assert reader.stats["action"]["count"][0] == 13  # computed from parquet: v2.1 has no stats.json here
+    np.testing.assert_array_equal(
+        numeric["action"], np.concatenate([np.stack(e["action"]) for e in episodes])
+    )
+    assert numeric["observation.state"].dtype == np.float32 and numeric[
+        "observation.state"
+    ].shape == (13, 8)
+    np.testing.assert_array_equal(
+        reader.image("observation.images.wrist", 6), episodes[1]["observation.images.wrist"][1]
+    )
+    assert (
+        reader.stats["action"]["count"][0] == 13
+    )  # computed from parquet: v2.1 has no stats.json here
 
 
 def test_v21_missing_episodes_file_is_reported(tmp_path: Path) -> None:
@@ -358,7 +421,9 @@ def smooth_frames(length: int, size: int, seed: int) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size] / size
     phase = rng.uniform(0, 1, 3)
     frames = [
-        np.stack([127 + 100 * np.sin(np.pi * (x + y * c / 2 + phase[c] + t / 20)) for c in range(3)], -1)
+        np.stack(
+            [127 + 100 * np.sin(np.pi * (x + y * c / 2 + phase[c] + t / 20)) for c in range(3)], -1
+        )
         for t in range(length)
     ]
     return np.stack(frames).astype(np.uint8)
@@ -366,7 +431,9 @@ def smooth_frames(length: int, size: int, seed: int) -> np.ndarray:
 
 def test_video_features_round_trip_closely(tmp_path: Path) -> None:
     root = tmp_path / "video"
-    writer = LeRobotDatasetWriter(root, features=default_features(image_size=(64, 64), video=True), fps=20)
+    writer = LeRobotDatasetWriter(
+        root, features=default_features(image_size=(64, 64), video=True), fps=20
+    )
     episodes = []
     for seed, length in enumerate((6, 9)):
         episode = make_episode(length, seed, image_size=(64, 64))
@@ -382,14 +449,22 @@ def test_video_features_round_trip_closely(tmp_path: Path) -> None:
     for record, written in zip(reader.episodes, episodes, strict=True):
         frames = reader.episode_video("observation.images.agentview", record)
         assert frames.shape == (record.length, 64, 64, 3)
-        error = np.abs(frames.astype(float) - np.stack(written["observation.images.agentview"])).mean()
-        assert error < 4, f"decoded video differs from the written frames (mean abs error {error:.1f})"
-    np.testing.assert_array_equal(reader.numeric_columns()["action"][6:], np.stack(episodes[1]["action"]))
+        error = np.abs(
+            frames.astype(float) - np.stack(written["observation.images.agentview"])
+        ).mean()
+        assert error < 4, (
+            f"decoded video differs from the written frames (mean abs error {error:.1f})"
+        )
+    np.testing.assert_array_equal(
+        reader.numeric_columns()["action"][6:], np.stack(episodes[1]["action"])
+    )
 
 
 def test_truncated_video_is_reported(write_dataset) -> None:
     root, _ = write_dataset(lengths=(6,), video=True, image_size=(32, 32))
     video = root / "videos/observation.images.wrist/chunk-000/file-000.mp4"
     video.write_bytes(video.read_bytes()[:100])
-    with pytest.raises(DatasetError, match=r"file-000\.mp4: cannot decode video for 'observation.images.wrist'"):
+    with pytest.raises(
+        DatasetError, match=r"file-000\.mp4: cannot decode video for 'observation.images.wrist'"
+    ):
         LeRobotDatasetReader(root).validate()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.normalize import FeatureNormalizer, NormMode, Normalizer
+from data.normalize import FeatureNormalizer, Normalizer, NormMode
 from data.reader import LeRobotDatasetReader
 from data.stats import feature_stats
 
@@ -16,14 +16,18 @@ def test_stats_match_numpy_on_known_data() -> None:
     stats = feature_stats(values)
     assert stats["mean"] == [50.0, -100.0]
     assert stats["min"] == [0.0, -200.0] and stats["max"] == [100.0, 0.0]
-    assert stats["q01"] == pytest.approx([1.0, -198.0]) and stats["q99"] == pytest.approx([99.0, -2.0])
+    assert stats["q01"] == pytest.approx([1.0, -198.0]) and stats["q99"] == pytest.approx(
+        [99.0, -2.0]
+    )
     assert stats["std"] == pytest.approx([np.std(np.arange(101)), 2 * np.std(np.arange(101))])
     assert stats["count"] == [101]
 
 
 def test_dataset_stats_equal_numpy_over_written_frames(write_dataset) -> None:
     root, episodes = write_dataset(lengths=(7, 5, 9))
-    actions = np.concatenate([np.stack(episode["action"]) for episode in episodes]).astype(np.float64)
+    actions = np.concatenate([np.stack(episode["action"]) for episode in episodes]).astype(
+        np.float64
+    )
     stats = LeRobotDatasetReader(root).stats["action"]
     np.testing.assert_allclose(stats["mean"], actions.mean(0), rtol=1e-6)
     np.testing.assert_allclose(stats["std"], actions.std(0), rtol=1e-6)
@@ -37,10 +41,16 @@ def test_dataset_stats_equal_numpy_over_written_frames(write_dataset) -> None:
 def test_normalize_then_unnormalize_is_identity(mode: NormMode) -> None:
     rng = np.random.default_rng(0)
     values = rng.normal(3, 2, size=(500, 7))
-    normalizer = FeatureNormalizer.from_stats({k: np.asarray(v) for k, v in feature_stats(values).items()}, mode)
-    np.testing.assert_allclose(normalizer.unnormalize(normalizer.normalize(values)), values, atol=1e-12)
+    normalizer = FeatureNormalizer.from_stats(
+        {k: np.asarray(v) for k, v in feature_stats(values).items()}, mode
+    )
+    np.testing.assert_allclose(
+        normalizer.unnormalize(normalizer.normalize(values)), values, atol=1e-12
+    )
     tensor = torch.from_numpy(values.astype(np.float32))
-    np.testing.assert_allclose(normalizer.normalize(tensor).numpy(), normalizer.normalize(values), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        normalizer.normalize(tensor).numpy(), normalizer.normalize(values), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_modes_map_their_reference_points() -> None:
@@ -69,12 +79,19 @@ def test_constant_dimension_is_guarded(mode: str) -> None:
 
 
 def test_normalizer_over_batch_and_missing_stats() -> None:
-    stats = {"action": {k: np.asarray(v) for k, v in feature_stats(np.random.default_rng(2).normal(size=(100, 7))).items()}}
+    stats = {
+        "action": {
+            k: np.asarray(v)
+            for k, v in feature_stats(np.random.default_rng(2).normal(size=(100, 7))).items()
+        }
+    }
     normalizer = Normalizer(stats, {"action": "mean_std"})
     batch = {"action": torch.zeros(4, 10, 7), "task": ["x"] * 4}
     out = normalizer.normalize(batch)
     assert out["task"] is batch["task"] and out["action"].shape == (4, 10, 7)
-    torch.testing.assert_close(normalizer.unnormalize(out)["action"], batch["action"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        normalizer.unnormalize(out)["action"], batch["action"], atol=1e-6, rtol=0
+    )
     with pytest.raises(KeyError, match="observation.state"):
         Normalizer(stats, {"observation.state": "mean_std"})
     with pytest.raises(ValueError):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
 from conftest import make_episode
+from torch.utils.data import DataLoader
 
 from data.reasoning import parse_reasoning
 from data.torch_dataset import ActionChunkDataset
@@ -22,9 +21,12 @@ def test_chunk_inside_episode_is_the_next_actions(write_dataset) -> None:
     assert (sample["episode_index"], sample["frame_index"], sample["index"]) == (1, 1, 8)
     np.testing.assert_array_equal(sample["action"].numpy(), np.stack(episodes[1]["action"][1:5]))
     assert not sample["action_is_pad"].any()
-    np.testing.assert_array_equal(sample["observation.state"].numpy(), episodes[1]["observation.state"][1])
     np.testing.assert_array_equal(
-        sample["observation.images.agentview"].numpy(), episodes[1]["observation.images.agentview"][1].transpose(2, 0, 1)
+        sample["observation.state"].numpy(), episodes[1]["observation.state"][1]
+    )
+    np.testing.assert_array_equal(
+        sample["observation.images.agentview"].numpy(),
+        episodes[1]["observation.images.agentview"][1].transpose(2, 0, 1),
     )
     assert sample["observation.images.wrist"].dtype == torch.uint8
     assert sample["task"] == "task 1"
@@ -34,7 +36,14 @@ def test_chunk_at_episode_end_is_padded_with_the_last_action(write_dataset) -> N
     root, episodes = write_dataset(lengths=(7, 5, 9))
     dataset = ActionChunkDataset(root, action_horizon=4)
     sample = dataset[7 + 3]  # episode 1 (length 5), frame 3: frames 3, 4 then two pads
-    expected = np.stack([episodes[1]["action"][3], episodes[1]["action"][4], episodes[1]["action"][4], episodes[1]["action"][4]])
+    expected = np.stack(
+        [
+            episodes[1]["action"][3],
+            episodes[1]["action"][4],
+            episodes[1]["action"][4],
+            episodes[1]["action"][4],
+        ]
+    )
     np.testing.assert_array_equal(sample["action"].numpy(), expected)
     assert sample["action_is_pad"].tolist() == [False, False, True, True]
     last = dataset[7 + 4]
@@ -51,10 +60,14 @@ def test_history_at_episode_start_repeats_the_first_frame(write_dataset) -> None
     assert sample["observation.images.agentview"].shape == (3, 3, 32, 32)
     assert sample["observation_is_pad"].tolist() == [True, True, False]
     for step in range(3):
-        np.testing.assert_array_equal(sample["observation.state"][step].numpy(), episodes[2]["observation.state"][0])
+        np.testing.assert_array_equal(
+            sample["observation.state"][step].numpy(), episodes[2]["observation.state"][0]
+        )
     middle = dataset[12 + 4]
     assert middle["observation_is_pad"].tolist() == [False, False, False]
-    np.testing.assert_array_equal(middle["observation.state"].numpy(), np.stack(episodes[2]["observation.state"][2:5]))
+    np.testing.assert_array_equal(
+        middle["observation.state"].numpy(), np.stack(episodes[2]["observation.state"][2:5])
+    )
 
 
 def test_reasoning_labels_come_with_the_sample(write_dataset) -> None:
@@ -62,12 +75,19 @@ def test_reasoning_labels_come_with_the_sample(write_dataset) -> None:
     sample = ActionChunkDataset(root, action_horizon=2)[4]
     assert sample["reasoning.subtask"] == "place it in the bowl"
     assert sample["reasoning.plan"] == "pick up the red cube; place it in the bowl"
-    np.testing.assert_array_equal(sample["reasoning.gripper_px"].numpy(), episodes[0]["reasoning.gripper_px"][4])
-    assert sample["reasoning.gripper_px"].dtype == torch.int16
-    assert ActionChunkDataset(root, action_horizon=2, include_reasoning=False)[4].keys().isdisjoint(
-        {"reasoning.subtask", "reasoning.gripper_px"}
+    np.testing.assert_array_equal(
+        sample["reasoning.gripper_px"].numpy(), episodes[0]["reasoning.gripper_px"][4]
     )
-    assert parse_reasoning(f"SUBTASK: {sample['reasoning.subtask']}.").subtask == sample["reasoning.subtask"]
+    assert sample["reasoning.gripper_px"].dtype == torch.int16
+    assert (
+        ActionChunkDataset(root, action_horizon=2, include_reasoning=False)[4]
+        .keys()
+        .isdisjoint({"reasoning.subtask", "reasoning.gripper_px"})
+    )
+    assert (
+        parse_reasoning(f"SUBTASK: {sample['reasoning.subtask']}.").subtask
+        == sample["reasoning.subtask"]
+    )
 
 
 def test_episode_subset_and_camera_selection(write_dataset) -> None:
@@ -84,8 +104,13 @@ def test_episode_subset_and_camera_selection(write_dataset) -> None:
 
 def test_dataloader_batches_with_workers(write_dataset) -> None:
     root, _ = write_dataset(lengths=(7, 5, 9))
-    loader = DataLoader(ActionChunkDataset(root, action_horizon=4), batch_size=8, shuffle=True, num_workers=2,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        ActionChunkDataset(root, action_horizon=4),
+        batch_size=8,
+        shuffle=True,
+        num_workers=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     batches = list(loader)
     assert sum(len(batch["task"]) for batch in batches) == 21
     first = batches[0]
@@ -98,8 +123,12 @@ def test_video_dataset_serves_the_decoded_frames(write_dataset) -> None:
     root, _ = write_dataset(lengths=(5, 6), video=True, image_size=(32, 32))
     dataset = ActionChunkDataset(root, action_horizon=2)
     decoded = dataset.reader.episode_video("observation.images.wrist", dataset.reader.episodes[1])
-    np.testing.assert_array_equal(dataset[5 + 2]["observation.images.wrist"].numpy(), decoded[2].transpose(2, 0, 1))
-    assert len(list((root / ".cache").glob("*.npy"))) == 2, "each video stream is decoded once into a cache"
+    np.testing.assert_array_equal(
+        dataset[5 + 2]["observation.images.wrist"].numpy(), decoded[2].transpose(2, 0, 1)
+    )
+    assert len(list((root / ".cache").glob("*.npy"))) == 2, (
+        "each video stream is decoded once into a cache"
+    )
 
 
 def test_frame_cache_serves_the_same_pixels_as_png_decoding(write_dataset) -> None:

@@ -1,0 +1,87 @@
+"""`vla-data info` on datasets the tests write: the summary it prints is the dataset's."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def vla_data(*args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "vla-data"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "data.cli"]
+    return subprocess.run(
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_info_prints_a_correct_summary(write_dataset) -> None:
+    root, episodes = write_dataset(lengths=(7, 5, 9))
+    result = vla_data("info", str(root))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "LeRobotDataset v3.0, 20 fps" in out
+    assert re.search(r"episodes: 3\s+frames: 21\s+duration: 1\.1 s\s+tasks: 2", out)
+    assert "episode length: min 5  mean 7.0  max 9" in out
+    assert re.search(r"0\s+│\s+task 0\s+│\s+2", out) and re.search(r"1\s+│\s+task 1\s+│\s+1", out)
+    for key in ("observation.images.agentview", "observation.state", "reasoning.gripper_px"):
+        assert key in out
+    assert re.search(r"observation\.state\s+│\s+float32\s+│\s+\(8,\)", out)
+    assert "valid (all media decoded)" in out
+    actions = np.concatenate([np.stack(episode["action"]) for episode in episodes]).astype(
+        np.float64
+    )
+    gripper_row = next(line for line in out.splitlines() if "│ gripper " in line)
+    cells = [cell.strip() for cell in gripper_row.split("│")[3:9]]
+    expected = [
+        actions[:, 6].mean(),
+        actions[:, 6].std(),
+        actions[:, 6].min(),
+        actions[:, 6].max(),
+        np.quantile(actions[:, 6], 0.01),
+        np.quantile(actions[:, 6], 0.99),
+    ]
+    assert cells == [f"{value:.4g}" for value in expected]
+
+
+def test_info_on_a_broken_dataset_names_the_file(write_dataset) -> None:
+    root, _ = write_dataset(lengths=(4,))
+    (root / "data/chunk-000/file-000.parquet").write_bytes(b"not parquet")
+    result = vla_data("info", str(root))
+    assert result.returncode == 1
+    assert "invalid dataset" in result.stdout
+    assert "file-000.parquet" in result.stdout.replace("\n", "")
+
+
+@pytest.mark.parametrize("args", [("info",), ("nonsense",)])
+def test_bad_usage_exits_with_usage_error(args: tuple[str, ...]) -> None:
+    result = vla_data(*args)
+    assert result.returncode == 2 and "usage: vla-data" in result.stderr
+
+
+def test_import_libero_then_info(tmp_path: Path) -> None:
+    source = tmp_path / "KITCHEN_SCENE1_put_the_bowl_on_the_plate_demo.hdf5"
+    assert (
+        vla_data("synthetic-libero", str(source), "--demos", "3", "--length", "8").returncode == 0
+    )
+    imported = vla_data("import-libero", str(source), "--out", str(tmp_path / "ds"))
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    out = vla_data("info", str(tmp_path / "ds")).stdout
+    assert re.search(r"episodes: 3\s+frames: 24", out)
+    assert "put the bowl on the plate" in out
+
+
+def test_import_libero_bad_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad_demo.hdf5"
+    bad.write_bytes(b"this is not hdf5")
+    result = vla_data("import-libero", str(bad), "--out", str(tmp_path / "ds"))
+    assert result.returncode == 2
+    assert "bad_demo.hdf5" in result.stdout and "Traceback" not in result.stdout + result.stderr
