@@ -77,3 +77,17 @@ def write_dataset(tmp_path: Path) -> Callable[..., tuple[Path, list[EpisodeColum
         return root, episodes
 
     return write
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests are skipped, with the reason printed in the summary, where CUDA is absent."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(
+        reason="needs a CUDA device; none is visible (torch.cuda.is_available() is False)"
+    )
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
