@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, rate  # noqa: E402
 
 from data.features import default_features  # noqa: E402
-from data.reader import decode_image  # noqa: E402
+from data.reader import LeRobotDatasetReader, decode_image  # noqa: E402
 from data.reasoning import Reasoning  # noqa: E402
 from data.torch_dataset import ActionChunkDataset  # noqa: E402
 from data.writer import LeRobotDatasetWriter  # noqa: E402
@@ -70,9 +70,9 @@ def build(root: Path, episodes: int, length: int, video: bool) -> None:
     writer.finalize()
 
 
-def naive_sample(root: Path, row: int, horizon: int) -> dict[str, np.ndarray]:
+def naive_sample(reader: LeRobotDatasetReader, row: int, horizon: int) -> dict[str, np.ndarray]:
     """What a loader without the fast path does: open parquet and filter rows for every sample."""
-    table = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    table = pq.read_table(reader.episode_of_row(row).data_path)
     rows = table.filter(
         pc.and_(pc.greater_equal(table["index"], row), pc.less(table["index"], row + horizon))
     )
@@ -84,10 +84,10 @@ def naive_sample(root: Path, row: int, horizon: int) -> dict[str, np.ndarray]:
 
 
 def naive_batch(
-    root: Path, num_rows: int, horizon: int, rng: np.random.Generator, count: int = 8
+    reader: LeRobotDatasetReader, horizon: int, rng: np.random.Generator, count: int = 8
 ) -> int:
-    for row in rng.integers(0, num_rows, count):
-        naive_sample(root, int(row), horizon)
+    for row in rng.integers(0, reader.num_frames, count):
+        naive_sample(reader, int(row), horizon)
     return count
 
 
@@ -152,7 +152,7 @@ def main() -> None:
                 results.update(measure(name, dataset, args.batch_size))
             if not video:
                 results["png, naive per-sample parquet read: 1 process"] = rate(
-                    partial(naive_batch, root, len(dataset), args.horizon, np.random.default_rng(0))
+                    partial(naive_batch, dataset.reader, args.horizon, np.random.default_rng(0))
                 )
     print()
     for name, value in results.items():
