@@ -1,0 +1,224 @@
+"""Scripted experts: waypoint planners in end-effector space that solve every task from its state.
+
+The expert reads privileged simulator state (object poses) — only to choose its actions; nothing
+of it enters observations. For each pick-and-place step of a task it moves through phases:
+
+  approach → descend → grasp → lift → carry → lower → release → retreat
+
+each a target pose for a proportional controller that emits OSC_POSE delta actions. A grasp that
+did not lift the object sends it back to `approach` (at most MAX_REGRASPS times). Demonstrations
+are varied by Gaussian action noise and jittered heights, seeded, so they are not all identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+from robosuite.utils import transform_utils
+
+from sim.env import TabletopEnv
+from sim.objects import RECEPTACLE_KINDS, half_height
+from sim.scene import TABLE_OFFSET
+from sim.tasks import PlaceStep
+
+POSITION_SCALE = 0.05  # metres per unit action (robosuite OSC_POSE output_max)
+ROTATION_SCALE = 0.5  # radians per unit action
+MAX_REGRASPS = 2
+
+
+class Phase(Enum):
+    APPROACH = "approach"
+    DESCEND = "descend"
+    GRASP = "grasp"
+    LIFT = "lift"
+    CARRY = "carry"
+    LOWER = "lower"
+    RELEASE = "release"
+    RETREAT = "retreat"
+    DONE = "done"
+
+
+PICK_PHASES = (Phase.APPROACH, Phase.DESCEND, Phase.GRASP, Phase.LIFT)
+# Steps allowed in a phase before moving on anyway (a phase that never converges must not hang).
+PHASE_BUDGET = {
+    Phase.APPROACH: 60,
+    Phase.DESCEND: 40,
+    Phase.GRASP: 8,
+    Phase.LIFT: 30,
+    Phase.CARRY: 70,
+    Phase.LOWER: 40,
+    Phase.RELEASE: 6,
+    Phase.RETREAT: 12,
+}
+
+
+@dataclass
+class ExpertStep:
+    """What the expert did this step, for labels: the action and where it is in the task."""
+
+    action: np.ndarray
+    phase: Phase
+    step_index: int  # which PlaceStep of the task
+    subtask_index: int  # index into task.plan(): 2k = pick, 2k+1 = place
+
+
+class ScriptedExpert:
+    def __init__(self, env: TabletopEnv, seed: int = 0, action_noise: float = 0.05) -> None:
+        self.env = env
+        self.rng = np.random.default_rng(seed)
+        self.action_noise = action_noise
+        self.reset()
+
+    def reset(self) -> None:
+        self.step_index = 0
+        self.phase = Phase.APPROACH
+        self.phase_steps = 0
+        self.regrasps = 0
+        self.reference_rotation = transform_utils.quat2mat(self.env.eef_quaternion())
+        self.target_rotation = self.reference_rotation
+        self.hover = self.rng.uniform(0.08, 0.12)
+        self.carry_clearance = self.rng.uniform(0.10, 0.14)
+        self._start_phase(Phase.APPROACH)
+
+    @property
+    def done(self) -> bool:
+        return self.phase is Phase.DONE
+
+    # ------------------------------------------------------------------ control
+    def act(self) -> ExpertStep:
+        if self.phase is Phase.DONE:
+            return self._record(np.array([0, 0, 0, 0, 0, 0, -1.0]))
+        step = self.env.task.steps[self.step_index]
+        target, gripper, tolerance, speed = self._phase_target(step)
+        error = target - self.env.eef_position()
+        converged = np.linalg.norm(error) < tolerance
+        action = np.zeros(7)
+        action[:3] = np.clip(error / POSITION_SCALE * 2.0, -speed, speed)
+        action[3:6] = np.clip(self._rotation_error() / ROTATION_SCALE, -0.5, 0.5)
+        action[6] = gripper
+        if self.action_noise and self.phase not in (
+            Phase.GRASP,
+            Phase.RELEASE,
+            Phase.DESCEND,
+            Phase.LOWER,
+        ):
+            action[:3] += self.rng.normal(0, self.action_noise, 3)
+        action = np.clip(action, -1.0, 1.0)
+        record = self._record(action)
+        self.phase_steps += 1
+        if self._phase_finished(step, converged):
+            self._advance(step)
+        return record
+
+    def _record(self, action: np.ndarray) -> ExpertStep:
+        pick = self.phase in PICK_PHASES
+        index = min(self.step_index, len(self.env.task.steps) - 1)
+        subtask = 2 * index + (0 if pick and self.phase is not Phase.DONE else 1)
+        return ExpertStep(action.astype(np.float32), self.phase, index, subtask)
+
+    def _phase_target(self, step: PlaceStep) -> tuple[np.ndarray, float, float, float]:
+        """(target eef position, gripper command, convergence tolerance, max action) of the phase."""
+        obj = self.env.object_position(step.obj)
+        eef = self.env.eef_position()
+        table_z = TABLE_OFFSET[2]
+        if self.phase is Phase.APPROACH:
+            return obj + [0, 0, self.hover], -1.0, 0.012, 0.7
+        if self.phase is Phase.DESCEND:
+            return obj + [0, 0, -0.004], -1.0, 0.006, 0.5
+        if self.phase is Phase.GRASP:
+            return eef, 1.0, np.inf, 0.0
+        if self.phase is Phase.LIFT:
+            return np.array([eef[0], eef[1], self._carry_height(step, table_z)]), 1.0, 0.015, 0.7
+        release = self._release_position(step)
+        if self.phase is Phase.CARRY:
+            return (
+                np.array([release[0], release[1], self._carry_height(step, table_z)]),
+                1.0,
+                0.012,
+                0.7,
+            )
+        if self.phase is Phase.LOWER:
+            return release, 1.0, 0.008, 0.5
+        if self.phase is Phase.RELEASE:
+            return eef, -1.0, np.inf, 0.0
+        return np.array([eef[0], eef[1], release[2] + 0.10]), -1.0, 0.02, 0.7  # RETREAT
+
+    def _carry_height(self, step: PlaceStep, table_z: float) -> float:
+        target_top = self.env.object_position(step.target)[2] + half_height(
+            self.env._kind(step.target)
+        )
+        return (
+            max(table_z + 0.12, target_top + 0.04 + 2 * half_height(self.env._kind(step.obj)))
+            + self.carry_clearance
+            - 0.1
+        )
+
+    def _release_position(self, step: PlaceStep) -> np.ndarray:
+        target = self.env.object_position(step.target)
+        target_kind, obj_kind = self.env._kind(step.target), self.env._kind(step.obj)
+        if target_kind in RECEPTACLE_KINDS:
+            floor = (
+                target[2] - half_height(target_kind) + RECEPTACLE_KINDS[target_kind].floor_height
+            )
+            return np.array([target[0], target[1], floor + half_height(obj_kind) + 0.02])
+        return np.array(
+            [
+                target[0],
+                target[1],
+                target[2] + half_height(target_kind) + half_height(obj_kind) + 0.012,
+            ]
+        )
+
+    def _rotation_error(self) -> np.ndarray:
+        current = transform_utils.quat2mat(self.env.eef_quaternion())
+        error = self.target_rotation @ current.T
+        return transform_utils.quat2axisangle(transform_utils.mat2quat(error))
+
+    # ------------------------------------------------------------------ phase logic
+    def _phase_finished(self, step: PlaceStep, converged: bool) -> bool:
+        if self.phase in (Phase.GRASP, Phase.RELEASE):
+            return self.phase_steps >= PHASE_BUDGET[self.phase]
+        return converged or self.phase_steps >= PHASE_BUDGET[self.phase]
+
+    def _advance(self, step: PlaceStep) -> None:
+        order = list(Phase)
+        if self.phase is Phase.LIFT and not self._holding(step):
+            if self.regrasps < MAX_REGRASPS:
+                self.regrasps += 1
+                self._start_phase(Phase.APPROACH)
+                return
+        if self.phase is Phase.RETREAT:
+            self.step_index += 1
+            if self.step_index >= len(self.env.task.steps):
+                self.phase = Phase.DONE
+                return
+            self.regrasps = 0
+            self._start_phase(Phase.APPROACH)
+            return
+        self._start_phase(order[order.index(self.phase) + 1])
+
+    def _holding(self, step: PlaceStep) -> bool:
+        obj = self.env.object_position(step.obj)
+        resting_z = TABLE_OFFSET[2] + half_height(self.env._kind(step.obj))
+        return obj[2] > resting_z + 0.03 and self.env.touching(step.obj)
+
+    def _start_phase(self, phase: Phase) -> None:
+        self.phase = phase
+        self.phase_steps = 0
+        if phase is Phase.APPROACH:
+            self.target_rotation = self._grasp_rotation(self.env.task.steps[self.step_index])
+
+    def _grasp_rotation(self, step: PlaceStep) -> np.ndarray:
+        """Reference orientation turned about the vertical so the fingers meet two faces of the
+        object (a cube's faces repeat every 90°; a cylinder needs no turn)."""
+        if self.env._kind(step.obj) != "cube":
+            return self.reference_rotation
+        finger_axis = self.reference_rotation[:, 1]  # the Panda's fingers close along its local y
+        finger_angle = np.arctan2(finger_axis[1], finger_axis[0])
+        turn = (self.env.object_yaw(step.obj) - finger_angle + np.pi / 4) % (np.pi / 2) - np.pi / 4
+        rotation_z = np.array(
+            [[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]]
+        )
+        return rotation_z @ self.reference_rotation

@@ -1,0 +1,198 @@
+"""Task definitions: which objects a scene holds, what the instruction asks, and how it is judged.
+
+A task is a sequence of pick-and-place steps ("put X in/on Y"); the families differ in what X and
+Y are and in how the scene is laid out:
+  pick_place  a named object into/onto a receptacle (bowl, plate, basket), among distractors
+  stack       a cube onto another cube
+  spatial     two identical cubes; the instruction picks one by where it is ("left of the bowl")
+  multi_step  two pick-and-places in sequence, like LIBERO-10's long-horizon tasks
+Success of every step is checked together at each frame: all placements hold and the gripper holds
+none of the moved objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sim.objects import ObjectSpec
+
+FAMILIES = ("pick_place", "stack", "spatial", "multi_step")
+
+
+@dataclass(frozen=True)
+class PlaceStep:
+    """Move object `obj` so that it rests `relation` ("in" or "on") object `target`."""
+
+    obj: str
+    target: str
+    relation: str
+
+
+@dataclass(frozen=True)
+class LayoutConstraint:
+    """Scene-sampling constraint: `subject` lies `relation` of `landmark`, in the robot's frame
+    ("left_of" = larger y, the robot's left; "right_of" = smaller y)."""
+
+    subject: str
+    relation: str
+    landmark: str
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    instruction: str
+    family: str
+    objects: tuple[ObjectSpec, ...]
+    steps: tuple[PlaceStep, ...]
+    layout: tuple[LayoutConstraint, ...] = ()
+    # How plans and labels name an object when its scene name is not what a person would say.
+    display_names: dict[str, str] = field(default_factory=dict)
+    # Half-ranges (x, y) in metres of where objects are placed around the table centre.
+    placement_range: tuple[float, float] = (0.15, 0.22)
+
+    def __post_init__(self) -> None:
+        names = [spec.name for spec in self.objects]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task {self.instruction!r}: object names repeat: {names}")
+        for step in self.steps:
+            for name in (step.obj, step.target):
+                if name not in names:
+                    raise ValueError(
+                        f"task {self.instruction!r}: step names unknown object {name!r}"
+                    )
+            if step.relation not in ("in", "on"):
+                raise ValueError(
+                    f"task {self.instruction!r}: relation must be 'in' or 'on', not {step.relation!r}"
+                )
+        if self.family not in FAMILIES:
+            raise ValueError(
+                f"task {self.instruction!r}: family {self.family!r} is not one of {FAMILIES}"
+            )
+
+    def display(self, name: str) -> str:
+        return self.display_names.get(name, name)
+
+    def plan(self) -> tuple[str, ...]:
+        """Subtasks in order: 'pick up the red cube', 'place it in the bowl', ..."""
+        subtasks: list[str] = []
+        for step in self.steps:
+            subtasks.append(f"pick up the {self.display(step.obj)}")
+            subtasks.append(f"place it {step.relation} the {self.display(step.target)}")
+        return tuple(subtasks)
+
+
+def cube(color: str) -> ObjectSpec:
+    return ObjectSpec(f"{color} cube", "cube", color)
+
+
+def cylinder(color: str) -> ObjectSpec:
+    return ObjectSpec(f"{color} cylinder", "cylinder", color)
+
+
+BOWL, PLATE, BASKET = (
+    ObjectSpec("bowl", "bowl"),
+    ObjectSpec("plate", "plate"),
+    ObjectSpec("basket", "basket"),
+)
+RECEPTACLES = (BOWL, PLATE, BASKET)
+
+
+def pick_place(
+    obj: ObjectSpec, target: ObjectSpec, distractors: tuple[ObjectSpec, ...]
+) -> TaskSpec:
+    relation = "on" if target.kind == "plate" else "in"
+    return TaskSpec(
+        instruction=f"put the {obj.name} {relation} the {target.name}",
+        family="pick_place",
+        objects=(obj, *distractors, *RECEPTACLES),
+        steps=(PlaceStep(obj.name, target.name, relation),),
+    )
+
+
+def stack(top: str, bottom: str, distractor: str) -> TaskSpec:
+    return TaskSpec(
+        instruction=f"stack the {top} cube on the {bottom} cube",
+        family="stack",
+        objects=(cube(top), cube(bottom), cube(distractor), PLATE),
+        steps=(PlaceStep(f"{top} cube", f"{bottom} cube", "on"),),
+    )
+
+
+def spatial(side: str, landmark: ObjectSpec, target: ObjectSpec) -> TaskSpec:
+    """Two cubes of one colour on either side of `landmark`; move the one on `side`."""
+    other = "right" if side == "left" else "left"
+    relation = "on" if target.kind == "plate" else "in"
+    landmark_words = f"{landmark.name}"
+    return TaskSpec(
+        instruction=f"put the cube {side} of the {landmark_words} {relation} the {target.name}",
+        family="spatial",
+        objects=(
+            ObjectSpec(f"{side} cube", "cube"),
+            ObjectSpec(f"{other} cube", "cube"),
+            *RECEPTACLES,
+        ),
+        steps=(PlaceStep(f"{side} cube", target.name, relation),),
+        layout=(
+            LayoutConstraint(f"{side} cube", f"{side}_of", landmark.name),
+            LayoutConstraint(f"{other} cube", f"{other}_of", landmark.name),
+        ),
+        display_names={
+            f"{side} cube": f"cube {side} of the {landmark_words}",
+            f"{other} cube": "cube",
+        },
+    )
+
+
+def two_step(
+    first: tuple[ObjectSpec, ObjectSpec], second: tuple[ObjectSpec, ObjectSpec]
+) -> TaskSpec:
+    steps = []
+    for obj, target in (first, second):
+        steps.append(
+            PlaceStep(obj.name, target.name, "on" if target.kind in ("plate", "cube") else "in")
+        )
+    phrases = [f"put the {s.obj} {s.relation} the {s.target}" for s in steps]
+    return TaskSpec(
+        instruction=f"{phrases[0]} and then {phrases[1]}",
+        family="multi_step",
+        objects=(first[0], second[0], cube("yellow"), *RECEPTACLES),
+        steps=tuple(steps),
+    )
+
+
+# --------------------------------------------------------------------------- suites
+QUICKSTART_TASKS: tuple[TaskSpec, ...] = tuple(
+    TaskSpec(
+        instruction=f"put the {color} cube on the plate",
+        family="pick_place",
+        objects=(cube(color), cube(other), PLATE),
+        steps=(PlaceStep(f"{color} cube", "plate", "on"),),
+        placement_range=(0.10, 0.16),
+    )
+    for color, other in (("red", "blue"), ("blue", "red"))
+) + (
+    TaskSpec(
+        instruction="put the red cube in the bowl",
+        family="pick_place",
+        objects=(cube("red"), cube("blue"), BOWL),
+        steps=(PlaceStep("red cube", "bowl", "in"),),
+        placement_range=(0.10, 0.16),
+    ),
+)
+
+TABLETOP_TASKS: tuple[TaskSpec, ...] = (
+    pick_place(cube("red"), BOWL, (cube("blue"), cube("green"))),
+    pick_place(cube("blue"), PLATE, (cube("red"), cube("yellow"))),
+    pick_place(cube("green"), BASKET, (cube("red"), cube("blue"))),
+    pick_place(cylinder("yellow"), PLATE, (cube("green"), cube("red"))),
+    pick_place(cylinder("red"), BASKET, (cube("blue"), cube("yellow"))),
+    pick_place(cube("yellow"), BOWL, (cylinder("blue"), cube("red"))),
+    stack("red", "blue", "green"),
+    stack("green", "yellow", "red"),
+    stack("blue", "red", "yellow"),
+    spatial("left", BOWL, BOWL),
+    spatial("right", PLATE, BASKET),
+    spatial("left", BASKET, PLATE),
+    two_step((cube("red"), BOWL), (cube("blue"), PLATE)),
+    two_step((cube("green"), BASKET), (cube("red"), BOWL)),
+)

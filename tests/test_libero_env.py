@@ -1,0 +1,196 @@
+"""The real LIBERO suites through `sim.make`: registry, observation contract, resets, episode end.
+
+Simulating LIBERO costs ~0.3 s a step on a 2-core CPU (rendering dominates), so the whole file
+builds two environments and takes a few dozen steps in all; the observations of one reset are
+shared by the tests that only read them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.libero
+pytest.importorskip("libero.libero", reason="needs the `libero` extra: pip install -e '.[libero]'")
+
+import sim  # noqa: E402
+from sim.libero_env import (  # noqa: E402
+    CAMERAS,
+    SETTLE_STEPS,
+    SUITE_MAX_EPISODE_STEPS,
+    LiberoEnv,
+    _benchmark,
+    libero_task_names,
+)
+
+IMAGE_SIZE = (96, 128)  # not square, so a swapped height and width would show
+INIT_STATE = 3
+NO_OP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
+
+
+def close_gripper_and_move(step: int) -> np.ndarray:
+    return np.array([0.5, -0.3, 0.2, 0.0, 0.1, 0.0, 1.0 if step > 0 else -1.0], dtype=np.float32)
+
+
+def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:
+    """Rodrigues' formula, written here so the check does not reuse the code under test."""
+    angle = float(np.linalg.norm(axis_angle))
+    if angle < 1e-12:
+        return np.eye(3)
+    x, y, z = axis_angle / angle
+    cross = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
+    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+
+
+@pytest.fixture(scope="module")
+def spatial_env():
+    env = sim.make("libero_spatial", 0, image_size=IMAGE_SIZE)
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def first_episode(spatial_env):
+    """Reset to INIT_STATE and take two steps; returns copies of what the tests compare."""
+    reset_obs, reset_info = spatial_env.reset(options={"init_state": INIT_STATE})
+    sim_state = spatial_env.libero_env.get_sim_state().copy()
+    robosuite_steps = spatial_env.libero_env.env.timestep  # counts the settle steps too
+    steps_after_reset = spatial_env.steps
+    steps = [spatial_env.step(NO_OP) for _ in range(2)]
+    return {
+        "reset_obs": reset_obs,
+        "reset_info": reset_info,
+        "sim_state": sim_state,
+        "robosuite_steps": robosuite_steps,
+        "steps_after_reset": steps_after_reset,
+        "steps": steps,
+    }
+
+
+# --------------------------------------------------------------------------- registry (no sim)
+def test_registry_has_the_five_suites_with_published_lengths_and_libero_task_names():
+    for suite, length in {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}.items():
+        assert sim.get_suite(suite).max_episode_steps == length
+        names = sim.suite_tasks(suite)
+        assert names == libero_task_names(suite)
+        assert len(names) == (90 if suite == "libero_90" else 10) == len(set(names))
+        benchmark = _benchmark(suite)
+        for index, name in enumerate(names):
+            # The instruction itself, or (only where it repeats across scenes) with the scene appended.
+            language = benchmark.get_task(index).language
+            assert name == language or name.startswith(language + " (")
+    assert SUITE_MAX_EPISODE_STEPS == {s: sim.get_suite(s).max_episode_steps for s in SUITE_MAX_EPISODE_STEPS}
+    assert "turn on the stove (KITCHEN_SCENE3)" in sim.suite_tasks("libero_90")
+
+
+def test_unknown_task_or_suite_gets_a_did_you_mean():
+    typo = "pick up the black bowl between the plate and the ramekin and place it on the plat"
+    with pytest.raises(KeyError, match="did you mean 'pick up the black bowl between the plate and the ramekin"):
+        sim.make("libero_spatial", typo)
+    with pytest.raises(KeyError, match="did you mean 'libero_spatial'"):
+        sim.make("libero_spatail", 0)
+    with pytest.raises(IndexError, match="0..9"):
+        sim.make("libero_goal", 10)
+
+
+def test_importing_the_module_does_not_import_libero():
+    code = (
+        "import sys, sim.libero_env, sim.registry as r; "
+        "assert 'libero' not in sys.modules, 'libero imported'; "
+        "assert {'libero_spatial', 'libero_90'} <= set(r._SUITES)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_missing_extra_says_what_to_install(monkeypatch):
+    for name in [name for name in sys.modules if name == "libero" or name.startswith("libero.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # a None entry makes `import` fail
+    libero_task_names.cache_clear()
+    _benchmark.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"pip install -e '\.\[libero\]'"):
+            sim.make("libero_goal", 0)  # fails at reading the task names, before building anything
+        with pytest.raises(ImportError, match=r"pip install -e '\.\[libero\]'"):
+            LiberoEnv("libero_goal", 0)
+    finally:
+        libero_task_names.cache_clear()
+        _benchmark.cache_clear()
+
+
+# --------------------------------------------------------------------------- one environment
+@pytest.mark.slow
+def test_observations_follow_the_contract(spatial_env, first_episode):
+    env = spatial_env
+    assert env.task_description == sim.suite_tasks("libero_spatial")[0]
+    assert (env.max_episode_steps, env.num_init_states, env.image_size) == (220, 50, IMAGE_SIZE)
+    assert env.action_space.shape == (7,) and env.action_space.dtype == np.float32
+    assert first_episode["reset_info"]["init_state"] == INIT_STATE
+    assert first_episode["robosuite_steps"] == SETTLE_STEPS == 10  # settled, and not counted:
+    assert first_episode["steps_after_reset"] == 0
+    observations = [first_episode["reset_obs"]] + [result[0] for result in first_episode["steps"]]
+    for obs in observations:
+        assert set(obs) == {*CAMERAS, "observation.state", "task"}
+        for key in CAMERAS:
+            assert obs[key].shape == (*IMAGE_SIZE, 3) and obs[key].dtype == np.uint8
+        assert obs["observation.state"].shape == (8,) and obs["observation.state"].dtype == np.float32
+        assert obs["task"] == env.task_description
+        assert env.observation_space.contains(obs)
+    for _, reward, terminated, truncated, info in first_episode["steps"]:
+        assert (reward, terminated, truncated, info) == (0.0, False, False, {"success": False})
+
+
+@pytest.mark.slow
+def test_state_is_eef_pose_and_fingers_and_images_are_upright(spatial_env, first_episode):
+    obs, *_ = spatial_env.step(NO_OP)
+    raw = spatial_env.raw_observation  # robosuite's own observation of the same step
+    state = obs["observation.state"]
+    np.testing.assert_allclose(state[:3], raw["robot0_eef_pos"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(state[6:], raw["robot0_gripper_qpos"], rtol=0, atol=1e-6)
+    from robosuite.utils.transform_utils import quat2mat
+
+    np.testing.assert_allclose(axis_angle_to_matrix(state[3:6].astype(np.float64)), quat2mat(raw["robot0_eef_quat"]), atol=1e-5)
+    for key, raw_key in CAMERAS.items():
+        np.testing.assert_array_equal(obs[key], raw[raw_key][::-1, ::-1])  # a 180-degree turn, not a flip
+    np.testing.assert_array_equal(spatial_env.render(), obs["observation.images.agentview"])
+    # Seen upright, the wrist camera has the gripper's dark fingers at the bottom, the table on top.
+    wrist = obs["observation.images.wrist"].astype(np.float64)
+    rows = IMAGE_SIZE[0] // 8
+    assert wrist[-rows:].mean() < wrist[:rows].mean() - 30
+
+
+@pytest.mark.slow
+def test_same_init_state_gives_the_same_start_even_after_a_closed_gripper(spatial_env, first_episode):
+    env = spatial_env
+    for step in range(4):  # leave the gripper closed and the arm elsewhere
+        env.step(close_gripper_and_move(step))
+    caller_rng = np.random.get_state()[1].copy()
+    obs, info = env.reset(seed=50 + INIT_STATE)  # seed % 50 picks the same init state
+    assert info["init_state"] == INIT_STATE
+    np.testing.assert_array_equal(np.random.get_state()[1], caller_rng)  # the global RNG is the caller's
+    first = first_episode["reset_obs"]
+    np.testing.assert_array_equal(obs["observation.state"], first["observation.state"])
+    np.testing.assert_array_equal(env.libero_env.get_sim_state(), first_episode["sim_state"])
+    for key in CAMERAS:
+        np.testing.assert_array_equal(obs[key], first[key])
+    # And the start is that init state's scene, settled, not some other one.
+    qpos = slice(1, 1 + env.libero_env.sim.model.nq)  # flattened state = (time, qpos, qvel)
+    distances = [np.linalg.norm(first_episode["sim_state"][qpos] - init[qpos]) for init in env._init_states]
+    assert int(np.argmin(distances)) == INIT_STATE
+
+
+@pytest.mark.slow
+def test_episode_truncates_after_max_episode_steps():
+    name = sim.suite_tasks("libero_object")[2]
+    env = sim.make("libero_object", name, max_episode_steps=3, settle_steps=1)
+    try:
+        assert (env.task_description, env.max_episode_steps, env.settle_steps) == (name, 3, 1)
+        env.reset(seed=0)
+        truncated = [env.step(NO_OP)[3] for _ in range(3)]
+        assert truncated == [False, False, True]
+        assert env.steps == 3
+    finally:
+        env.close()
