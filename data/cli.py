@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +76,8 @@ def info(path: Path, decode: bool, console: Console) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vla-data", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_data_commands(commands: argparse._SubParsersAction) -> None:
+    """The dataset commands; `sim.cli` adds the simulator's (generate) to the same program."""
     info_parser = commands.add_parser("info", help="summarize and validate a dataset")
     info_parser.add_argument("path", type=Path, help="dataset directory (holds meta/info.json)")
     info_parser.add_argument(
@@ -98,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="resize images"
     )
 
+    render_parser = commands.add_parser(
+        "render-episode", help="draw an episode's reasoning labels on its frames (mp4, or one PNG)"
+    )
+    render_parser.add_argument("path", type=Path, help="dataset directory")
+    render_parser.add_argument("--episode", type=int, required=True)
+    render_parser.add_argument(
+        "--out", type=Path, required=True, help="ep.mp4, or a .png with --frame"
+    )
+    render_parser.add_argument("--camera", default="agentview")
+    render_parser.add_argument("--scale", type=int, default=4, help="upscaling factor (nearest)")
+    render_parser.add_argument("--frame", type=int, help="write only this frame, as PNG")
+
     synth_parser = commands.add_parser(
         "synthetic-libero", help="write a small LIBERO-layout HDF5 file (for trying the importer)"
     )
@@ -105,12 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     synth_parser.add_argument("--demos", type=int, default=5)
     synth_parser.add_argument("--length", type=int, default=40)
     synth_parser.add_argument("--seed", type=int, default=0)
+
+
+def build_parser(
+    add_more_commands: Callable[[argparse._SubParsersAction], None] | None = None,
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vla-data", description="Create, inspect and convert vla datasets."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_data_commands(commands)
+    if add_more_commands is not None:
+        add_more_commands(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    console = Console()
+def run_data_command(args: argparse.Namespace, console: Console) -> int:
     if args.command == "info":
         return info(args.path, decode=not args.no_decode, console=console)
     if args.command == "import-libero":
@@ -132,6 +152,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         console.print(f"imported {summary}")
         return 0
+    if args.command == "render-episode":
+        from data.render import render_episode, save_frame_png
+
+        try:
+            if args.frame is not None:
+                path = save_frame_png(
+                    args.path,
+                    args.episode,
+                    args.frame,
+                    args.out,
+                    camera=args.camera,
+                    scale=args.scale,
+                )
+                console.print(f"wrote {path}")
+            else:
+                summary = render_episode(
+                    args.path, args.episode, args.out, camera=args.camera, scale=args.scale
+                )
+                console.print(
+                    f"wrote {summary.path} ({summary.frames} frames, {summary.size[1]}x{summary.size[0]})"
+                )
+        except (DatasetError, ValueError) as error:
+            console.print(f"[bold red]error[/]: {error}")
+            return 2
+        return 0
     if args.command == "synthetic-libero":
         from data.synthetic_libero import write_synthetic_libero_hdf5
 
@@ -140,7 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         console.print(f"wrote {path}")
         return 0
-    raise AssertionError(args.command)
+    raise ValueError(f"not a data command: {args.command!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_data_command(args, Console())
 
 
 if __name__ == "__main__":

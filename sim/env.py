@@ -28,6 +28,7 @@ from sim.objects import (
     half_height,
 )
 from sim.scene import TABLE_OFFSET, TabletopScene
+from sim.spaces import action_space, observation_space
 from sim.tasks import LayoutConstraint, PlaceStep, TaskSpec
 
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
@@ -77,18 +78,8 @@ class TabletopEnv(gym.Env):
             name: [self.sim.model.geom_name2id(geom) for geom in obj.visual_geoms]
             for name, obj in self.scene.mujoco_objects.items()
         }
-        height, width = self.image_size
-        self.observation_space = gym.spaces.Dict(
-            {
-                "observation.images.agentview": gym.spaces.Box(
-                    0, 255, (height, width, 3), np.uint8
-                ),
-                "observation.images.wrist": gym.spaces.Box(0, 255, (height, width, 3), np.uint8),
-                "observation.state": gym.spaces.Box(-np.inf, np.inf, (8,), np.float32),
-                "task": gym.spaces.Text(max_length=256),
-            }
-        )
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self.observation_space = observation_space(*self.image_size)
+        self.action_space = action_space()
         self.steps = 0
         self.episode_seed: int | None = None
 
@@ -281,7 +272,8 @@ class TabletopEnv(gym.Env):
                 )
             else:
                 landmark = placed[constraint.landmark]
-                side = 1.0 if constraint.relation == "left_of" else -1.0  # the robot's left is +y
+                # Sides as seen in the agentview image, which faces the robot: image-left is -y.
+                side = -1.0 if constraint.relation == "left_of" else 1.0
                 candidate = landmark + np.array(
                     [rng.uniform(-0.06, 0.06), side * rng.uniform(0.11, 0.16)]
                 )

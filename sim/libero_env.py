@@ -24,13 +24,14 @@ without it. The suites are still registered here at import time, so they are lis
 Rendering (measured on a 2-core CPU with Mesa llvmpipe, `MUJOCO_GL=egl`):
 - `OffScreenRenderEnv` renders every camera in `camera_names` (agentview and eye-in-hand) inside
   every robosuite `step()`, and again at every `reset()` and `set_init_state()`. That rendering is
-  ~95% of a step on CPU (~0.15 s per 128x128 image against ~0.025 s of physics for 25 substeps),
+  ~90% of a step on CPU (~0.15 s per 128x128 image against ~0.03 s of physics for 25 substeps),
   and it does not shrink with the image: a LIBERO scene has ~300k mesh triangles and reflective
   surfaces that are drawn twice, so llvmpipe is bound by geometry, not pixels. On a GPU it is a
   few milliseconds. Hence: the images come at the requested size (no 256 render + resize), no
   depth or segmentation, and `render()` returns the frame already rendered by the last step
-  instead of drawing a third view. Skipping renders during the settle steps was rejected: it
-  shifts robosuite's observable sampling phase, so the images would differ from the protocol's.
+  instead of drawing a third view. Skipping renders during the settle steps was rejected: turning
+  robosuite's camera observables off and on resets their sampling timers, which would shift the
+  substep at which later images are taken, so the images would differ from the protocol's.
 - `OffScreenRenderEnv` defaults to `hard_reset=True`, which rebuilds the MuJoCo model *and the
   OpenGL context* on every `reset()` (~3 s vs ~0.5 s here). We reset softly. The one state a soft
   reset leaks is the Panda gripper's action integrator (robosuite keeps it on the gripper model,
@@ -38,8 +39,8 @@ Rendering (measured on a 2-core CPU with Mesa llvmpipe, `MUJOCO_GL=egl`):
   would start closing. We zero it, and the trajectories then equal the hard-reset ones bit for
   bit (checked for 30 steps of random actions after a "dirty" episode).
 
-Reproducibility: LIBERO's `reset()` jitters the *fixtures* (cabinet, stove, ...) by up to ~1 cm
-with numpy's global RNG, and init states do not cover fixtures (they are model constants, not
+Reproducibility: LIBERO's `reset()` jitters the *fixtures* (cabinet, stove, ...) by a centimetre
+or two with numpy's global RNG, and init states do not cover fixtures (they are model constants, not
 qpos), which is why openpi seeds the env once at start. We seed that draw per episode from
 (`seed`, init state index), restoring the caller's global RNG afterwards, so init state i is
 the same scene every time it is used, whatever ran before it.
@@ -60,6 +61,7 @@ import gymnasium as gym
 import numpy as np
 
 from sim.registry import SuiteSpec, register_suite
+from sim.spaces import action_space, observation_space
 
 # Published maximum episode lengths (LIBERO paper / openpi's LIBERO example), settle steps excluded.
 SUITE_MAX_EPISODE_STEPS = {
@@ -77,10 +79,6 @@ CAMERAS = {
     "observation.images.agentview": "agentview_image",
     "observation.images.wrist": "robot0_eye_in_hand_image",
 }
-# Characters an instruction may hold; gymnasium's default Text charset has no space.
-_TEXT_CHARSET = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:'\"!?()[]{}-_/&+"
-)
 
 
 # --------------------------------------------------------------------------- the LIBERO package
@@ -229,8 +227,8 @@ class LiberoEnv(gym.Env):
             hard_reset=False,  # keep the model and GL context (module docstring)
             ignore_done=True,  # episode length is ours; robosuite's horizon would raise past it
         )
-        self.observation_space = _observation_space(height, width)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self.observation_space = observation_space(height, width)
+        self.action_space = action_space()
         self.np_random, _ = gym.utils.seeding.np_random(self._seed)
         self.steps = 0
         self.init_state: int | None = None
@@ -246,6 +244,7 @@ class LiberoEnv(gym.Env):
         self.init_state = self._choose_init_state(seed, options or {})
         with _global_numpy_seed(self._fixture_seed(self.init_state)):
             self.libero_env.reset()
+        self._zero_gripper_integrators()
         raw = self.libero_env.set_init_state(self._init_states[self.init_state])
         for _ in range(self.settle_steps):
             raw, _, _, _ = self.libero_env.step(NO_OP_ACTION)
@@ -358,18 +357,6 @@ def _as_height_width(image_size: int | tuple[int, int]) -> tuple[int, int]:
     if height < 1 or width < 1:
         raise ValueError(f"image_size must be positive (H, W), got {image_size}")
     return int(height), int(width)
-
-
-def _observation_space(height: int, width: int) -> gym.spaces.Dict:
-    image = gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
-    return gym.spaces.Dict(
-        {
-            "observation.images.agentview": image,
-            "observation.images.wrist": image,
-            "observation.state": gym.spaces.Box(-np.inf, np.inf, (8,), np.float32),
-            "task": gym.spaces.Text(max_length=256, charset=_TEXT_CHARSET),
-        }
-    )
 
 
 # --------------------------------------------------------------------------- registration

@@ -8,7 +8,7 @@ lets tools list what exists (`available_suites()`, `suite_tasks(name)`).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +22,11 @@ class SuiteSpec:
     """A suite: its task names (in order), how to build one task's env, and per-suite limits."""
 
     name: str
-    tasks: tuple[str, ...]
+    tasks: Sequence[str]  # a tuple, or a lazy sequence when listing needs an optional package
     factory: Callable[[str], EnvFactory]  # task name -> callable(**config) -> env
     max_episode_steps: int
     description: str = ""
-    # Set-up a suite needs before use, e.g. an optional package; checked lazily by `make`.
+    # Optional packages a suite needs (informational; its factory raises with an install hint).
     requires: tuple[str, ...] = field(default=())
 
 
@@ -61,7 +61,7 @@ def get_suite(name: str) -> SuiteSpec:
 
 
 def suite_tasks(name: str) -> tuple[str, ...]:
-    return get_suite(name).tasks
+    return tuple(get_suite(name).tasks)
 
 
 def make(suite: str, task: str | int, **config: Any) -> gym.Env:

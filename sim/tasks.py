@@ -30,8 +30,8 @@ class PlaceStep:
 
 @dataclass(frozen=True)
 class LayoutConstraint:
-    """Scene-sampling constraint: `subject` lies `relation` of `landmark`, in the robot's frame
-    ("left_of" = larger y, the robot's left; "right_of" = smaller y)."""
+    """Scene-sampling constraint: `subject` lies `relation` ("left_of"/"right_of") of `landmark`
+    as a person sees it in the agentview image (which faces the robot: image-left is -y)."""
 
     subject: str
     relation: str
