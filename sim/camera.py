@@ -8,6 +8,8 @@ Collision geoms (group 0) are hidden, as robosuite does, so cameras see the visu
 
 from __future__ import annotations
 
+import weakref
+
 import mujoco
 import numpy as np
 
@@ -23,6 +25,9 @@ class CameraRig:
         self.model = model
         self.height, self.width = height, width
         self.renderer = mujoco.Renderer(model, height, width)
+        # Free the GL context at interpreter exit while EGL is still loaded (otherwise the
+        # renderer's destructor runs after EGL teardown and prints errors).
+        self._finalizer = weakref.finalize(self, self.renderer.close)
         self.options = mujoco.MjvOption()
         self.options.geomgroup[0] = 0  # collision geoms
         # Mirror reflections (the table) re-render the scene, and the skybox is never seen by the
@@ -35,19 +40,23 @@ class CameraRig:
         self.renderer.update_scene(data, camera=camera, scene_option=self.options)
         return self.renderer.render().copy()
 
-    def segment(self, data: mujoco.MjData, camera: str) -> np.ndarray:
-        """Geom id per pixel (H, W) int32; -1 where no geom is seen."""
+    def segment(
+        self,
+        data: mujoco.MjData,
+        camera: str,
+        object_type: mujoco.mjtObj = mujoco.mjtObj.mjOBJ_GEOM,
+    ) -> np.ndarray:
+        """Id of the geom (or site, ...) seen at each pixel, (H, W) int32; -1 elsewhere."""
         self.renderer.enable_segmentation_rendering()
         try:
             self.renderer.update_scene(data, camera=camera, scene_option=self.options)
             ids = self.renderer.render()
         finally:
             self.renderer.disable_segmentation_rendering()
-        geom_ids = np.where(ids[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), ids[..., 0], -1)
-        return geom_ids.astype(np.int32)
+        return np.where(ids[..., 1] == int(object_type), ids[..., 0], -1).astype(np.int32)
 
     def close(self) -> None:
-        self.renderer.close()
+        self._finalizer()
 
 
 def project(

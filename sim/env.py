@@ -100,6 +100,10 @@ class TabletopEnv(gym.Env):
             rng = self._episode_rng(_STREAM_TRAIN, seed)
             self.episode_seed = seed
         self.scene.reset()
+        # A soft reset keeps state that would make episodes depend on the previous one: the
+        # gripper command robosuite integrates, and MuJoCo's solver warm start.
+        self.robot.gripper.current_action = np.zeros(self.robot.gripper.dof)
+        mujoco.mj_resetData(self.model, self.data)
         self._pose_arm(rng)
         self._place_objects(rng)
         self._paint_objects(rng)
