@@ -11,12 +11,13 @@ setup:
 setup-dev:
 	bash scripts/setup.sh dev,libero
 
-# The main job. Until the simulator, training and evaluation land, it runs the data path end to end:
-# a LIBERO-layout HDF5 file -> import -> LeRobotDataset v3 -> validated summary.
+# The main job. Until training and evaluation land, it runs the data path end to end: the scripted
+# experts generate the quickstart dataset (with reasoning labels) in MuJoCo, `vla-data info`
+# validates and summarizes it, and one episode is rendered with its labels drawn on the frames.
 quickstart: setup
-	$(PYTHON) -m data.cli synthetic-libero $(QUICKSTART_DIR)/KITCHEN_SCENE1_put_the_bowl_on_the_plate_demo.hdf5 --demos 10 --length 60
-	$(PYTHON) -m data.cli import-libero $(QUICKSTART_DIR)/*.hdf5 --out $(QUICKSTART_DIR)/dataset
-	$(PYTHON) -m data.cli info $(QUICKSTART_DIR)/dataset
+	.venv/bin/vla-data generate --suite quickstart --episodes-per-task 10 --out $(QUICKSTART_DIR)/dataset
+	.venv/bin/vla-data info $(QUICKSTART_DIR)/dataset
+	.venv/bin/vla-data render-episode $(QUICKSTART_DIR)/dataset --episode 0 --out $(QUICKSTART_DIR)/episode0.mp4
 
 test: setup-dev
 	$(PYTHON) -m pytest -q
@@ -26,3 +27,4 @@ lint: setup-dev
 
 bench: setup-dev
 	$(PYTHON) benchmarks/loader_throughput.py
+	$(PYTHON) benchmarks/env_throughput.py

@@ -218,3 +218,30 @@ def test_episode_labels_follow_the_expert() -> None:
     )
     assert {box.name for box in frames[0].objects} == {"red cube", "blue cube", "bowl"}
     env.close()
+
+
+@pytest.mark.slow
+def test_vector_env_runs_real_simulations_like_in_process_envs() -> None:
+    """Two quickstart tasks in worker processes give the same observations as in this process."""
+    from functools import partial
+
+    from sim.vector import SubprocVectorEnv
+
+    factories = [partial(sim.make, "quickstart", index, image_size=(48, 48)) for index in (0, 2)]
+    actions = np.random.default_rng(0).uniform(-0.5, 0.5, (4, 7)).astype(np.float32)
+    with SubprocVectorEnv(factories) as vector_env:
+        results = vector_env.reset([0, 1], options=[{"init_state": 3}, {"init_state": 4}])
+        assert not any(result.crashed for result in results)
+        for action in actions:
+            stepped = vector_env.step({0: action, 1: action})
+        assert vector_env.call(1, "task_description") == "put the red cube in the bowl"
+    for index, (factory, init_state) in enumerate(zip(factories, (3, 4), strict=True)):
+        env = factory()
+        env.reset(options={"init_state": init_state})
+        for action in actions:
+            observation = env.step(action)[0]
+        np.testing.assert_array_equal(stepped[index].obs["observation.state"], observation["observation.state"])
+        np.testing.assert_array_equal(
+            stepped[index].obs["observation.images.agentview"], observation["observation.images.agentview"]
+        )
+        env.close()
