@@ -180,7 +180,7 @@ class TabletopEnv(gym.Env):
     def step_done(self, step: PlaceStep) -> bool:
         """Whether `step.obj` rests in/on `step.target` (geometry only)."""
         obj, target = self.object_position(step.obj), self.object_position(step.target)
-        obj_kind, target_kind = self._kind(step.obj), self._kind(step.target)
+        obj_kind, target_kind = self.object_kind(step.obj), self.object_kind(step.target)
         if target_kind in RECEPTACLE_KINDS:
             geometry = RECEPTACLE_KINDS[target_kind]
             yaw = self.object_yaw(step.target)
@@ -204,7 +204,7 @@ class TabletopEnv(gym.Env):
     def is_success(self) -> bool:
         return all(self.step_done(step) and not self.touching(step.obj) for step in self.task.steps)
 
-    def _kind(self, name: str) -> str:
+    def object_kind(self, name: str) -> str:
         return next(spec.kind for spec in self.task.objects if spec.name == name)
 
     # ------------------------------------------------------------------ scene randomization
@@ -286,7 +286,7 @@ class TabletopEnv(gym.Env):
             clearance = [
                 np.linalg.norm(candidate - position)
                 - footprint_radius(spec.kind)
-                - footprint_radius(self._kind(name))
+                - footprint_radius(self.object_kind(name))
                 - 0.01
                 for name, position in placed.items()
             ]

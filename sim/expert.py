@@ -79,7 +79,7 @@ class ScriptedExpert:
         self.reference_rotation = transform_utils.quat2mat(self.env.eef_quaternion())
         self.target_rotation = self.reference_rotation
         self.hover = self.rng.uniform(0.08, 0.12)
-        self.carry_clearance = self.rng.uniform(0.10, 0.14)
+        self.carry_jitter = self.rng.uniform(0.0, 0.04)
         self._start_phase(Phase.APPROACH)
 
     @property
@@ -146,18 +146,16 @@ class ScriptedExpert:
         return np.array([eef[0], eef[1], release[2] + 0.10]), -1.0, 0.02, 0.7  # RETREAT
 
     def _carry_height(self, step: PlaceStep, table_z: float) -> float:
+        """High enough that the held object clears the table and the target's rim."""
         target_top = self.env.object_position(step.target)[2] + half_height(
-            self.env._kind(step.target)
+            self.env.object_kind(step.target)
         )
-        return (
-            max(table_z + 0.12, target_top + 0.04 + 2 * half_height(self.env._kind(step.obj)))
-            + self.carry_clearance
-            - 0.1
-        )
+        object_height = 2 * half_height(self.env.object_kind(step.obj))
+        return max(table_z + 0.12, target_top + object_height + 0.04) + self.carry_jitter
 
     def _release_position(self, step: PlaceStep) -> np.ndarray:
         target = self.env.object_position(step.target)
-        target_kind, obj_kind = self.env._kind(step.target), self.env._kind(step.obj)
+        target_kind, obj_kind = self.env.object_kind(step.target), self.env.object_kind(step.obj)
         if target_kind in RECEPTACLE_KINDS:
             floor = (
                 target[2] - half_height(target_kind) + RECEPTACLE_KINDS[target_kind].floor_height
@@ -201,7 +199,7 @@ class ScriptedExpert:
 
     def _holding(self, step: PlaceStep) -> bool:
         obj = self.env.object_position(step.obj)
-        resting_z = TABLE_OFFSET[2] + half_height(self.env._kind(step.obj))
+        resting_z = TABLE_OFFSET[2] + half_height(self.env.object_kind(step.obj))
         return obj[2] > resting_z + 0.03 and self.env.touching(step.obj)
 
     def _start_phase(self, phase: Phase) -> None:
@@ -213,7 +211,7 @@ class ScriptedExpert:
     def _grasp_rotation(self, step: PlaceStep) -> np.ndarray:
         """Reference orientation turned about the vertical so the fingers meet two faces of the
         object (a cube's faces repeat every 90°; a cylinder needs no turn)."""
-        if self.env._kind(step.obj) != "cube":
+        if self.env.object_kind(step.obj) != "cube":
             return self.reference_rotation
         finger_axis = self.reference_rotation[:, 1]  # the Panda's fingers close along its local y
         finger_angle = np.arctan2(finger_axis[1], finger_axis[0])

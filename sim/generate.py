@@ -26,6 +26,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -237,7 +238,16 @@ def generate_dataset(
 
 
 def _generate_task(
-    task, config, pool, workers, writer, ledger, first_seed, summary, bar, bar_task
+    task: str,
+    config: GenerationConfig,
+    pool: ProcessPoolExecutor,
+    workers: int,
+    writer: LeRobotDatasetWriter,
+    ledger: GenerationLedger,
+    first_seed: int,
+    summary: GenerationSummary,
+    bar: Progress,
+    bar_task: TaskID,
 ) -> None:
     """Keep up to 2 x workers episodes of one task in flight; commit results in seed order."""
     needed = config.episodes_per_task - len(ledger.successes(task))

@@ -21,10 +21,6 @@ SUITE_TASKS: dict[str, tuple[TaskSpec, ...]] = {
 MAX_EPISODE_STEPS = {"quickstart": 200, "tabletop": 400}
 
 
-def task_spec(suite: str, task: str) -> TaskSpec:
-    return next(spec for spec in SUITE_TASKS[suite] if spec.instruction == task)
-
-
 def _factory(suite: str, task: str) -> Callable[..., TabletopEnv]:
     tasks = SUITE_TASKS[suite]
     index = next(i for i, spec in enumerate(tasks) if spec.instruction == task)
