@@ -64,6 +64,15 @@ def test_generation_is_ordered_resumable_and_reproducible(tmp_path: Path) -> Non
     assert {box.name for box in reasoning.objects} == {"blue cube", "red cube", "plate"}
     assert first.stats["action"]["count"][0] == first.num_frames
 
+    # the first thing a user looks at: the episode with its labels drawn, as a video
+    from data.render import render_episode
+    from data.video import decode_video
+
+    rendered = render_episode(first, 1, tmp_path / "episode1.mp4", scale=4)
+    frames = decode_video(rendered.path)
+    assert frames.shape[0] == first.episodes[1].length
+    assert frames.shape[1:3] == rendered.size and frames.shape[2] == 64 * 4
+
 
 def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     generate_dataset(config(1), tmp_path / "ds", workers=1, progress=False)

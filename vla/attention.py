@@ -1,0 +1,170 @@
+"""Joint prefix/suffix attention over two stacks of decoder layers (pi0's mixture of transformers).
+
+Layer i of the backbone processes prefix tokens (images, instruction) and layer i of the action
+expert processes suffix tokens (state, noisy actions); each computes its own q/k/v, and attention
+runs over the concatenated keys/values with a prefix-LM mask: prefix queries see the (valid)
+prefix only, suffix queries see the whole valid prefix and the whole suffix. Because the prefix
+never sees the suffix, its keys/values do not depend on the suffix and can be computed once per
+chunk and reused by every denoising step: `encode_prefix` + `suffix_forward` give the same result
+as `joint_forward`, which recomputes everything (tests/test_model.py proves it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
+
+from vla.backbone import AttentionGeometry
+
+
+@dataclass
+class PrefixCache:
+    """Per-layer rotated keys and values of the prefix, (B, kv_heads, P, head_dim) each."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor  # (B, P) bool: valid prefix tokens
+    lengths: torch.Tensor  # (B,) number of valid prefix tokens: where suffix positions start
+
+
+def prefix_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Positions 0.. over valid tokens (padding repeats the last position; it is masked anyway)."""
+    return (torch.cumsum(mask.long(), dim=1) - 1).clamp(min=0)
+
+
+def _project(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    geometry: AttentionGeometry,
+):
+    batch, length, _ = hidden.shape
+    normed = layer.input_layernorm(hidden)
+    attention = layer.self_attn
+    q = (
+        attention.q_proj(normed)
+        .view(batch, length, geometry.num_heads, geometry.head_dim)
+        .transpose(1, 2)
+    )
+    k = (
+        attention.k_proj(normed)
+        .view(batch, length, geometry.num_kv_heads, geometry.head_dim)
+        .transpose(1, 2)
+    )
+    v = (
+        attention.v_proj(normed)
+        .view(batch, length, geometry.num_kv_heads, geometry.head_dim)
+        .transpose(1, 2)
+    )
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    return q, k, v  # (B, heads, T, head_dim), (B, kv_heads, T, head_dim) x2
+
+
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor
+) -> torch.Tensor:
+    """Grouped-query attention; `allowed` (B, Tq, Tk) bool. Returns (B, Tq, heads * head_dim)."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    v = v.repeat_interleave(groups, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    return out.transpose(1, 2).flatten(2)
+
+
+def _finish(layer: nn.Module, hidden: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    hidden = hidden + layer.self_attn.o_proj(attended)
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+
+def _suffix_allowed(prefix_mask: torch.Tensor, suffix_length: int) -> torch.Tensor:
+    batch = prefix_mask.shape[0]
+    prefix_part = prefix_mask[:, None, :].expand(batch, suffix_length, -1)
+    suffix_part = torch.ones(
+        batch, suffix_length, suffix_length, dtype=torch.bool, device=prefix_mask.device
+    )
+    return torch.cat([prefix_part, suffix_part], dim=2)  # (B, S, P + S)
+
+
+def encode_prefix(
+    backbone_layers: nn.ModuleList,
+    rotary: nn.Module,
+    geometry: AttentionGeometry,
+    prefix: torch.Tensor,
+    mask: torch.Tensor,
+) -> tuple[PrefixCache, torch.Tensor]:
+    """Run the prefix (B, P, D) through the backbone; returns its KV cache and output hidden states."""
+    positions = prefix_positions(mask)
+    cos, sin = rotary(prefix, positions)
+    allowed = mask[:, None, :].expand(-1, prefix.shape[1], -1)
+    keys, values, hidden = [], [], prefix
+    for layer in backbone_layers:
+        q, k, v = _project(layer, hidden, cos, sin, geometry)
+        keys.append(k)
+        values.append(v)
+        hidden = _finish(layer, hidden, _attend(q, k, v, allowed))
+    return PrefixCache(keys, values, mask, mask.sum(dim=1)), hidden
+
+
+def suffix_forward(
+    expert_layers: nn.ModuleList,
+    rotary: nn.Module,
+    geometry: AttentionGeometry,
+    suffix: torch.Tensor,
+    cache: PrefixCache,
+) -> torch.Tensor:
+    """Run the suffix (B, S, De) through the expert, attending to the cached prefix."""
+    length = suffix.shape[1]
+    positions = cache.lengths[:, None] + torch.arange(length, device=suffix.device)[None]
+    cos, sin = rotary(suffix, positions)
+    allowed = _suffix_allowed(cache.mask, length)
+    hidden = suffix
+    for index, layer in enumerate(expert_layers):
+        q, k, v = _project(layer, hidden, cos, sin, geometry)
+        k = torch.cat([cache.keys[index], k], dim=2)
+        v = torch.cat([cache.values[index], v], dim=2)
+        hidden = _finish(layer, hidden, _attend(q, k, v, allowed))
+    return hidden
+
+
+def joint_forward(
+    backbone_layers: nn.ModuleList,
+    expert_layers: nn.ModuleList,
+    rotary: nn.Module,
+    geometry: AttentionGeometry,
+    prefix: torch.Tensor,
+    mask: torch.Tensor,
+    suffix: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefix and suffix through both stacks in one pass (the training path; no cache)."""
+    prefix_length, suffix_length = prefix.shape[1], suffix.shape[1]
+    prefix_pos = prefix_positions(mask)
+    suffix_pos = mask.sum(dim=1)[:, None] + torch.arange(suffix_length, device=suffix.device)[None]
+    prefix_cos, prefix_sin = rotary(prefix, prefix_pos)
+    suffix_cos, suffix_sin = rotary(suffix, suffix_pos)
+    prefix_allowed = torch.cat(
+        [
+            mask[:, None, :].expand(-1, prefix_length, -1),
+            torch.zeros(
+                mask.shape[0], prefix_length, suffix_length, dtype=torch.bool, device=mask.device
+            ),
+        ],
+        dim=2,
+    )
+    allowed = torch.cat(
+        [prefix_allowed, _suffix_allowed(mask, suffix_length)], dim=1
+    )  # (B, P+S, P+S)
+    prefix_hidden, suffix_hidden = prefix, suffix
+    for backbone_layer, expert_layer in zip(backbone_layers, expert_layers, strict=True):
+        qp, kp, vp = _project(backbone_layer, prefix_hidden, prefix_cos, prefix_sin, geometry)
+        qs, ks, vs = _project(expert_layer, suffix_hidden, suffix_cos, suffix_sin, geometry)
+        attended = _attend(
+            torch.cat([qp, qs], 2), torch.cat([kp, ks], 2), torch.cat([vp, vs], 2), allowed
+        )
+        prefix_hidden = _finish(backbone_layer, prefix_hidden, attended[:, :prefix_length])
+        suffix_hidden = _finish(expert_layer, suffix_hidden, attended[:, prefix_length:])
+    return prefix_hidden, suffix_hidden

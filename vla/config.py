@@ -1,0 +1,151 @@
+"""Model configuration: one frozen dataclass, validated at construction, passed whole to modules.
+
+Named configurations live in `NAMED_CONFIGS` (a registry, not if/elif): `tiny` trains on two CPU
+cores; `pi0` has the shape of pi0 (PaliGemma-3B backbone, ~300M expert) for GPU runs and
+benchmarks. `VLAConfig.named("tiny", action_horizon=8)` builds one with overrides; unknown names
+and keys fail with a "did you mean".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+OBJECTIVES = ("flow", "diffusion")
+
+
+@dataclass(frozen=True)
+class VLAConfig:
+    # --- backbone (a HF VLM behind an adapter; see vla/backbone.py)
+    backbone: str = "paligemma"
+    # kwargs of the family's HF config class when building from scratch (the tiny model);
+    # ignored when `pretrained_path` names a local directory saved with `save_pretrained`
+    backbone_config: dict[str, Any] = field(default_factory=dict)
+    pretrained_path: str | None = None
+    # --- inputs
+    cameras: tuple[str, ...] = ("agentview", "wrist")
+    image_size: int = 64
+    max_text_tokens: int = 24
+    state_dim: int = 8
+    action_dim: int = 7
+    # --- action expert: same layer count and attention geometry as the backbone, its own width
+    expert_hidden_size: int = 64
+    expert_intermediate_size: int = 128
+    # --- objective
+    action_horizon: int = 10
+    objective: str = "flow"
+    num_inference_steps: int = 10
+    flow_time_beta: tuple[float, float] = (1.5, 1.0)  # t ~ Beta(a, b), as pi0 samples it
+    diffusion_train_steps: int = 100
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"objective must be one of {OBJECTIVES}, got {self.objective!r}{_did_you_mean(self.objective, OBJECTIVES)}"
+            )
+        for name in (
+            "image_size",
+            "max_text_tokens",
+            "state_dim",
+            "action_dim",
+            "expert_hidden_size",
+            "expert_intermediate_size",
+            "action_horizon",
+            "num_inference_steps",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.cameras:
+            raise ValueError("at least one camera is needed")
+
+    @classmethod
+    def named(cls, name: str, **overrides: Any) -> VLAConfig:
+        if name not in NAMED_CONFIGS:
+            raise KeyError(
+                f"no model config {name!r}{_did_you_mean(name, NAMED_CONFIGS)}; known: {', '.join(NAMED_CONFIGS)}"
+            )
+        return NAMED_CONFIGS[name].replace(**overrides)
+
+    def replace(self, **overrides: Any) -> VLAConfig:
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = [key for key in overrides if key not in known]
+        if unknown:
+            hints = "".join(_did_you_mean(key, known) for key in unknown)
+            raise KeyError(f"unknown VLAConfig key(s) {unknown}{hints}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> VLAConfig:
+        payload = dict(payload)
+        for key in ("cameras", "flow_time_beta"):
+            if key in payload and payload[key] is not None:
+                payload[key] = tuple(payload[key])
+        return cls().replace(**payload)
+
+
+def _did_you_mean(name: str, options: Any) -> str:
+    close = difflib.get_close_matches(str(name), [str(option) for option in options], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+TINY_PALIGEMMA = {
+    "vision_config": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 64,
+        "patch_size": 8,
+        "vision_use_head": False,  # PaliGemma uses the patch tokens, not SigLIP's pooling head
+    },
+    "text_config": {
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "vocab_size": 512,
+    },
+    "projection_dim": 128,  # the projector maps image features to the decoder's width
+    "vocab_size": 512,
+}
+
+PI0_PALIGEMMA = {
+    "vision_config": {
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "image_size": 224,
+        "patch_size": 14,
+        "vision_use_head": False,
+    },
+    "text_config": {
+        "hidden_size": 2048,
+        "intermediate_size": 16384,
+        "num_hidden_layers": 18,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 1,
+        "head_dim": 256,
+        "vocab_size": 257152,
+    },
+    "projection_dim": 2048,
+}
+
+NAMED_CONFIGS: dict[str, VLAConfig] = {
+    "tiny": VLAConfig(backbone_config=TINY_PALIGEMMA, image_size=64),
+    "pi0": VLAConfig(
+        backbone_config=PI0_PALIGEMMA,
+        image_size=224,
+        max_text_tokens=48,
+        expert_hidden_size=1024,
+        expert_intermediate_size=4096,
+        action_horizon=50,
+    ),
+}
