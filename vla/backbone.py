@@ -96,6 +96,7 @@ class PaliGemmaBackbone(Backbone):
             head_dim=text.head_dim,
             hidden_size=text.hidden_size,
         )
+        self.hf_config = model.config  # kept so a checkpoint can inline it (no path needed to load)
         self.vision_tower = model.model.vision_tower
         self.projector = model.model.multi_modal_projector
         self.embed_tokens = model.model.language_model.embed_tokens

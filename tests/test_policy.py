@@ -1,0 +1,146 @@
+"""The policy API: transforms in and out, batched chunks, the action queue, temporal ensembling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vla.config import VLAConfig
+from vla.model import VLAModel
+from vla.policy import VLAPolicy
+from vla.processor import Processor, ProcessorConfig
+from vla.tokenizer import train_tokenizer
+
+TASKS = ("put the red cube on the plate", "put the blue cube in the bowl")
+
+
+def dataset_stats() -> dict[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    stats = {}
+    for key, dim in (("observation.state", 8), ("action", 7)):
+        values = rng.normal(0.5, 2.0, size=(1000, dim))
+        stats[key] = {
+            "mean": values.mean(0),
+            "std": values.std(0),
+            "min": values.min(0),
+            "max": values.max(0),
+            "q01": np.quantile(values, 0.01, 0),
+            "q99": np.quantile(values, 0.99, 0),
+            "count": np.array([1000]),
+        }
+    return stats
+
+
+def observation(seed: int, task: str = TASKS[0], size: int = 96) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "observation.images.agentview": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "observation.images.wrist": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "observation.state": rng.normal(size=8).astype(np.float32),
+        "task": task,
+    }
+
+
+class RecordingPolicy(VLAPolicy):
+    """Counts model calls and keeps the chunks it returned."""
+
+    def predict_chunk(self, observations, noise=None):
+        chunks = super().predict_chunk(observations, noise)
+        self.calls = getattr(self, "calls", []) + [chunks]
+        return chunks
+
+
+@pytest.fixture(scope="module")
+def parts() -> tuple[VLAModel, Processor]:
+    torch.manual_seed(0)
+    config = VLAConfig.named("tiny", action_horizon=6)
+    tokenizer = train_tokenizer(TASKS, vocab_size=512)
+    return VLAModel(config).eval(), Processor(
+        config, ProcessorConfig(action_norm="quantile"), dataset_stats(), tokenizer
+    )
+
+
+def test_processor_normalizes_inputs_and_inverts_action_normalization(parts) -> None:
+    model, processor = parts
+    obs = observation(0)
+    inputs = processor.inputs([obs])
+    image = inputs.images["agentview"]
+    assert image.shape == (1, 3, 64, 64) and image.min() >= -1 and image.max() <= 1
+    stats = dataset_stats()["observation.state"]
+    expected_state = (obs["observation.state"] - stats["mean"]) / stats["std"]
+    np.testing.assert_allclose(inputs.state[0].numpy(), expected_state, rtol=1e-5, atol=1e-6)
+    assert (
+        inputs.text_mask.sum() < model.config.max_text_tokens
+        and inputs.text_ids[0, 0] == processor.tokenizer.bos_token_id
+    )
+    actions = torch.randn(2, 6, 7, dtype=torch.float64)
+    np.testing.assert_allclose(
+        processor.normalize_actions(torch.from_numpy(processor.actions(actions)).double()),
+        actions,
+        atol=1e-5,
+    )
+    q01, q99 = dataset_stats()["action"]["q01"], dataset_stats()["action"]["q99"]
+    np.testing.assert_allclose(processor.actions(-torch.ones(1, 1, 7))[0, 0], q01, rtol=1e-5)
+    np.testing.assert_allclose(processor.actions(torch.ones(1, 1, 7))[0, 0], q99, rtol=1e-5)
+
+
+def test_key_map_and_missing_keys(parts) -> None:
+    model, processor = parts
+    mapped = Processor(
+        model.config,
+        ProcessorConfig(key_map={"observation/image": "observation.images.agentview"}),
+        dataset_stats(),
+        processor.tokenizer,
+    )
+    obs = observation(1)
+    robot_obs = {
+        ("observation/image" if key == "observation.images.agentview" else key): value
+        for key, value in obs.items()
+    }
+    torch.testing.assert_close(
+        mapped.inputs([robot_obs]).images["agentview"], processor.inputs([obs]).images["agentview"]
+    )
+    with pytest.raises(KeyError, match="lacks \\['observation.images.agentview'\\]"):
+        processor.inputs([robot_obs])
+    with pytest.raises(ValueError, match="observation.state has 7 values"):
+        processor.inputs([{**obs, "observation.state": np.zeros(7)}])
+
+
+def test_batched_chunks_equal_one_at_a_time(parts) -> None:
+    model, processor = parts
+    policy = VLAPolicy(model, processor)
+    noise = torch.randn(2, 6, 7, generator=torch.Generator().manual_seed(0))
+    batch = policy.predict_chunk([observation(2, TASKS[0]), observation(3, TASKS[1])], noise=noise)
+    assert batch.shape == (2, 6, 7) and batch.dtype == np.float32
+    for index, obs in enumerate((observation(2, TASKS[0]), observation(3, TASKS[1]))):
+        single = policy.predict_chunk([obs], noise=noise[index : index + 1])
+        np.testing.assert_allclose(single[0], batch[index], atol=1e-5)
+
+
+def test_select_action_executes_n_action_steps_per_chunk(parts) -> None:
+    model, processor = parts
+    policy = RecordingPolicy(model, processor, n_action_steps=4)
+    actions = [policy.select_action(observation(10 + step)) for step in range(9)]
+    assert len(policy.calls) == 3, "9 steps at 4 per chunk need chunks at steps 0, 4 and 8"
+    for step, action in enumerate(actions):
+        np.testing.assert_array_equal(action, policy.calls[step // 4][0, step % 4])
+    policy.reset()
+    policy.select_action(observation(0))
+    assert len(policy.calls) == 4, "reset() drops the queued actions"
+    with pytest.raises(ValueError, match="n_action_steps must be in 1..6"):
+        VLAPolicy(model, processor, n_action_steps=7)
+
+
+def test_temporal_ensemble_averages_overlapping_chunks(parts) -> None:
+    model, processor = parts
+    policy = RecordingPolicy(model, processor, temporal_ensemble=0.5)
+    actions = [policy.select_action(observation(20 + step)) for step in range(3)]
+    chunks = [chunk[0] for chunk in policy.calls]
+    assert len(chunks) == 3
+    weights = np.exp(-0.5 * np.arange(3))
+    expected = (weights[:, None] * np.stack([chunks[0][2], chunks[1][1], chunks[2][0]])).sum(
+        0
+    ) / weights.sum()
+    np.testing.assert_allclose(actions[2], expected, rtol=1e-5)
+    np.testing.assert_allclose(actions[0], chunks[0][0], rtol=1e-6)
