@@ -31,6 +31,22 @@ class PrefixCache:
     lengths: torch.Tensor  # (B,) number of valid prefix tokens: where suffix positions start
 
 
+def prefix_allowed(mask: torch.Tensor, causal: torch.Tensor | None) -> torch.Tensor:
+    """(B, P, P) bool: which prefix keys each prefix query may attend to.
+
+    Images and instruction attend to each other both ways (prefix-LM); reasoning tokens
+    (`causal`) are generated left to right, so each sees the images, the instruction and the
+    reasoning tokens up to itself, and nothing before it sees them.
+    """
+    valid_keys = mask[:, None, :]
+    if causal is None:
+        return valid_keys.expand(-1, mask.shape[1], -1)
+    length = mask.shape[1]
+    lower = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    causal_query, causal_key = causal[:, :, None], causal[:, None, :]
+    return valid_keys & (~causal_key | (causal_query & lower[None]))
+
+
 def prefix_positions(mask: torch.Tensor) -> torch.Tensor:
     """Positions 0.. over valid tokens (padding repeats the last position; it is masked anyway)."""
     return (torch.cumsum(mask.long(), dim=1) - 1).clamp(min=0)
@@ -96,11 +112,12 @@ def encode_prefix(
     geometry: AttentionGeometry,
     prefix: torch.Tensor,
     mask: torch.Tensor,
+    causal: torch.Tensor | None = None,
 ) -> tuple[PrefixCache, torch.Tensor]:
     """Run the prefix (B, P, D) through the backbone; returns its KV cache and output hidden states."""
     positions = prefix_positions(mask)
     cos, sin = rotary(prefix, positions)
-    allowed = mask[:, None, :].expand(-1, prefix.shape[1], -1)
+    allowed = prefix_allowed(mask, causal)
     keys, values, hidden = [], [], prefix
     for layer in backbone_layers:
         q, k, v = _project(layer, hidden, cos, sin, geometry)
@@ -139,6 +156,7 @@ def joint_forward(
     prefix: torch.Tensor,
     mask: torch.Tensor,
     suffix: torch.Tensor,
+    causal: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prefix and suffix through both stacks in one pass (the training path; no cache)."""
     prefix_length, suffix_length = prefix.shape[1], suffix.shape[1]
@@ -146,18 +164,16 @@ def joint_forward(
     suffix_pos = mask.sum(dim=1)[:, None] + torch.arange(suffix_length, device=suffix.device)[None]
     prefix_cos, prefix_sin = rotary(prefix, prefix_pos)
     suffix_cos, suffix_sin = rotary(suffix, suffix_pos)
-    prefix_allowed = torch.cat(
+    prefix_rows = torch.cat(
         [
-            mask[:, None, :].expand(-1, prefix_length, -1),
+            prefix_allowed(mask, causal),
             torch.zeros(
                 mask.shape[0], prefix_length, suffix_length, dtype=torch.bool, device=mask.device
             ),
         ],
         dim=2,
     )
-    allowed = torch.cat(
-        [prefix_allowed, _suffix_allowed(mask, suffix_length)], dim=1
-    )  # (B, P+S, P+S)
+    allowed = torch.cat([prefix_rows, _suffix_allowed(mask, suffix_length)], dim=1)  # (B, P+S, P+S)
     prefix_hidden, suffix_hidden = prefix, suffix
     for backbone_layer, expert_layer in zip(backbone_layers, expert_layers, strict=True):
         qp, kp, vp = _project(backbone_layer, prefix_hidden, prefix_cos, prefix_sin, geometry)
@@ -168,3 +184,29 @@ def joint_forward(
         prefix_hidden = _finish(backbone_layer, prefix_hidden, attended[:, :prefix_length])
         suffix_hidden = _finish(expert_layer, suffix_hidden, attended[:, prefix_length:])
     return prefix_hidden, suffix_hidden
+
+
+def decode_token(
+    backbone_layers: nn.ModuleList,
+    rotary: nn.Module,
+    geometry: AttentionGeometry,
+    token: torch.Tensor,
+    cache: PrefixCache,
+    valid: torch.Tensor,
+) -> tuple[PrefixCache, torch.Tensor]:
+    """Append one generated token (B, 1, D) to the prefix: it attends to the whole valid prefix
+    and itself, and its keys/values join the cache, marked valid where `valid` (B,) is True
+    (False for sequences that already ended). Returns the grown cache and the token's hidden state."""
+    positions = cache.lengths[:, None]
+    cos, sin = rotary(token, positions)
+    grown_mask = torch.cat([cache.mask, valid[:, None]], dim=1)
+    allowed = torch.cat([cache.mask, torch.ones_like(valid[:, None])], dim=1)[:, None, :]
+    keys, values, hidden = [], [], token
+    for index, layer in enumerate(backbone_layers):
+        q, k, v = _project(layer, hidden, cos, sin, geometry)
+        k = torch.cat([cache.keys[index], k], dim=2)
+        v = torch.cat([cache.values[index], v], dim=2)
+        keys.append(k)
+        values.append(v)
+        hidden = _finish(layer, hidden, _attend(q, k, v, allowed))
+    return PrefixCache(keys, values, grown_mask, cache.lengths + valid.long()), hidden

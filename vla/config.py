@@ -33,6 +33,9 @@ class VLAConfig:
     # --- action expert: same layer count and attention geometry as the backbone, its own width
     expert_hidden_size: int = 64
     expert_intermediate_size: int = 128
+    # --- chain of thought: reasoning text generated after the instruction, read by the expert
+    max_reasoning_tokens: int = 96
+    reasoning_loss_weight: float = 1.0
     # --- objective
     action_horizon: int = 10
     objective: str = "flow"

@@ -1,19 +1,25 @@
-"""`VLAModel`: backbone prefix + action expert, trained with flow matching (or diffusion).
+"""`VLAModel`: backbone prefix + action expert, trained with flow matching (or diffusion) and,
+optionally, to write a chain of thought before acting.
 
-Interfaces (openpi's): `compute_loss(batch)` for training and `sample_actions(...)` for inference.
-Both take tensors already normalized by the policy's input transforms (vla/policy.py): images
+Interfaces (openpi's): `compute_loss(...)` for training and `sample_actions(...)` for inference.
+Both take tensors already normalized by the policy's input transforms (vla/processor.py): images
 (B, 3, H, W) float in [-1, 1] per camera, instruction token ids with a mask, state (B, 8),
-actions (B, H, 7). Robot and dataset specifics stay out of this module.
+actions (B, H, 7), and reasoning token ids when thinking. Robot and dataset specifics stay out of
+this module.
+
+The prefix is [image tokens of each camera | instruction | reasoning]. Images and instruction
+attend both ways; reasoning is causal (it is generated); the expert's suffix attends to all of it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from vla.attention import PrefixCache, encode_prefix, joint_forward, suffix_forward
+from vla.attention import PrefixCache, decode_token, encode_prefix, joint_forward, suffix_forward
 from vla.backbone import build_backbone
 from vla.config import VLAConfig
 from vla.expert import ActionExpert
@@ -27,6 +33,13 @@ class ModelInputs:
     text_ids: torch.Tensor  # (B, L) long
     text_mask: torch.Tensor  # (B, L) bool
     state: torch.Tensor  # (B, state_dim)
+    # Reasoning tokens after the instruction (training targets, or a chain fed back at inference
+    # for reuse), right-padded and ending with EOS; None when acting without thinking.
+    reasoning_ids: torch.Tensor | None = None  # (B, R) long
+    reasoning_mask: torch.Tensor | None = None  # (B, R) bool
+
+    def without_reasoning(self) -> ModelInputs:
+        return replace(self, reasoning_ids=None, reasoning_mask=None)
 
 
 class VLAModel(nn.Module):
@@ -46,8 +59,8 @@ class VLAModel(nn.Module):
             )
 
     # ------------------------------------------------------------------ prefix
-    def embed_prefix(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image tokens of every camera, then instruction tokens: (B, P, D) and a (B, P) mask."""
+    def embed_prefix(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prefix tokens (B, P, D), the mask of real tokens (B, P) and of causal ones (B, P)."""
         tokens, masks = [], []
         for camera in self.config.cameras:
             image_tokens = self.backbone.embed_images(inputs.images[camera])
@@ -57,12 +70,20 @@ class VLAModel(nn.Module):
             )
         tokens.append(self.backbone.embed_text(inputs.text_ids))
         masks.append(inputs.text_mask.bool())
-        return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)
+        bidirectional = sum(mask.shape[1] for mask in masks)
+        if inputs.reasoning_ids is not None and inputs.reasoning_ids.shape[1] > 0:
+            tokens.append(self.backbone.embed_text(inputs.reasoning_ids))
+            masks.append(inputs.reasoning_mask.bool())
+        mask = torch.cat(masks, dim=1)
+        causal = torch.zeros_like(mask)
+        causal[:, bidirectional:] = True
+        return torch.cat(tokens, dim=1), mask, causal
 
     def encode_prefix(self, inputs: ModelInputs) -> PrefixCache:
-        prefix, mask = self.embed_prefix(inputs)
+        """KV cache of the prefix; a given reasoning chain is encoded in the same single pass."""
+        prefix, mask, causal = self.embed_prefix(inputs)
         cache, _ = encode_prefix(
-            self.backbone.layers, self.backbone.rotary_emb, self.geometry, prefix, mask
+            self.backbone.layers, self.backbone.rotary_emb, self.geometry, prefix, mask, causal
         )
         return cache
 
@@ -85,9 +106,14 @@ class VLAModel(nn.Module):
         self, inputs: ModelInputs, noisy_actions: torch.Tensor, time: torch.Tensor
     ) -> torch.Tensor:
         """The same prediction computed without a cache, prefix and suffix in one pass."""
-        prefix, mask = self.embed_prefix(inputs)
+        return self._joint(inputs, noisy_actions, time)[1]
+
+    def _joint(
+        self, inputs: ModelInputs, noisy_actions: torch.Tensor, time: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix, mask, causal = self.embed_prefix(inputs)
         suffix = self.expert.embed_suffix(inputs.state, noisy_actions, time)
-        _, hidden = joint_forward(
+        prefix_hidden, suffix_hidden = joint_forward(
             self.backbone.layers,
             self.expert.layers,
             self.backbone.rotary_emb,
@@ -95,8 +121,9 @@ class VLAModel(nn.Module):
             prefix,
             mask,
             suffix,
+            causal,
         )
-        return self.expert.readout(hidden)
+        return prefix_hidden, self.expert.readout(suffix_hidden)
 
     # ------------------------------------------------------------------ training
     def compute_loss(
@@ -107,7 +134,8 @@ class VLAModel(nn.Module):
         noise: torch.Tensor | None = None,
         time: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Masked MSE of the expert's prediction; padded chunk positions do not count."""
+        """Masked MSE of the expert's prediction (padded chunk positions do not count), plus the
+        cross-entropy of the reasoning tokens when the batch has any."""
         batch = actions.shape[0]
         noise = torch.randn_like(actions) if noise is None else noise
         if self.config.objective == "flow":
@@ -125,38 +153,103 @@ class VLAModel(nn.Module):
             noisy = self.scheduler.add_noise(actions, noise, time.long())
             target = noise
             model_time = time.to(actions.dtype) / self.config.diffusion_train_steps
-        prediction = self.predict_joint(inputs, noisy, model_time)
+        prefix_hidden, prediction = self._joint(inputs, noisy, model_time)
         per_step = ((prediction - target) ** 2).mean(dim=-1)  # (B, H)
         valid = (
             torch.ones_like(per_step) if action_is_pad is None else (~action_is_pad).to(per_step)
         )
         action_loss = (per_step * valid).sum() / valid.sum().clamp(min=1)
-        return {"loss": action_loss, "action_loss": action_loss}
+        losses = {"loss": action_loss, "action_loss": action_loss}
+        if inputs.reasoning_ids is not None and inputs.reasoning_mask.any():
+            logits = self.reasoning_logits(inputs, prefix_hidden)  # (B, R, vocab)
+            token_loss = F.cross_entropy(
+                logits.flatten(0, 1), inputs.reasoning_ids.flatten(), reduction="none"
+            )
+            weights = inputs.reasoning_mask.flatten().to(token_loss)
+            reasoning_loss = (token_loss * weights).sum() / weights.sum()
+            losses["reasoning_loss"] = reasoning_loss
+            losses["loss"] = action_loss + self.config.reasoning_loss_weight * reasoning_loss
+        return losses
+
+    def reasoning_logits(self, inputs: ModelInputs, prefix_hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (B, R, vocab) for reasoning token k, read from the token before it (the last
+        real instruction token for k = 0)."""
+        reasoning_length = inputs.reasoning_ids.shape[1]
+        reasoning_start = prefix_hidden.shape[1] - reasoning_length
+        text_start = reasoning_start - inputs.text_ids.shape[1]
+        before = reasoning_start - 1 + torch.arange(reasoning_length, device=prefix_hidden.device)
+        before = before[None].repeat(prefix_hidden.shape[0], 1)  # (B, R)
+        before[:, 0] = text_start + inputs.text_mask.long().sum(dim=1) - 1
+        gathered = torch.gather(
+            prefix_hidden, 1, before[..., None].expand(-1, -1, prefix_hidden.shape[2])
+        )
+        return self.backbone.logits(self.backbone.final_norm(gathered))
+
+    # ------------------------------------------------------------------ chain of thought
+    @torch.no_grad()
+    def generate_reasoning(
+        self, inputs: ModelInputs, eos_token_id: int
+    ) -> tuple[PrefixCache, torch.Tensor, torch.Tensor]:
+        """Greedy decoding of the reasoning after the instruction, token by token with a KV cache.
+
+        Returns the prefix cache grown by the generated tokens (what the expert then attends to),
+        the generated ids (B, R) and their mask (B, R): tokens up to and including EOS.
+        """
+        prefix, mask, causal = self.embed_prefix(inputs.without_reasoning())
+        cache, hidden = encode_prefix(
+            self.backbone.layers, self.backbone.rotary_emb, self.geometry, prefix, mask, causal
+        )
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        current = hidden[rows, cache.lengths - 1][:, None]  # the last real instruction token
+        running = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        generated, masks = [], []
+        for _ in range(self.config.max_reasoning_tokens):
+            token = self.backbone.logits(self.backbone.final_norm(current))[:, -1].argmax(
+                dim=-1
+            )  # (B,)
+            generated.append(token)
+            masks.append(running.clone())
+            cache, current = decode_token(
+                self.backbone.layers,
+                self.backbone.rotary_emb,
+                self.geometry,
+                self.backbone.embed_text(token[:, None]),
+                cache,
+                running,
+            )
+            running = running & (token != eos_token_id)
+            if not running.any():
+                break
+        return cache, torch.stack(generated, dim=1), torch.stack(masks, dim=1)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def sample_actions(
-        self, inputs: ModelInputs, noise: torch.Tensor | None = None, use_cache: bool = True
+        self,
+        inputs: ModelInputs,
+        noise: torch.Tensor | None = None,
+        use_cache: bool = True,
+        cache: PrefixCache | None = None,
     ) -> torch.Tensor:
         """Denoise a chunk (B, H, A) from `noise` in `num_inference_steps` steps.
 
-        With `use_cache`, the prefix is encoded once and its KV cache reused by every step;
-        without, every step recomputes the whole sequence (the reference the cache must match).
+        With `use_cache`, the prefix is encoded once and its KV cache reused by every step (or
+        `cache` is used as given, e.g. grown by `generate_reasoning`); without, every step
+        recomputes the whole sequence (the reference the cache must match).
         """
         batch = inputs.state.shape[0]
         shape = (batch, self.config.action_horizon, self.config.action_dim)
-        x = (
-            torch.randn(shape, device=inputs.state.device, dtype=inputs.state.dtype)
-            if noise is None
-            else noise
-        )
-        cache = self.encode_prefix(inputs) if use_cache else None
+        if noise is None:
+            noise = torch.randn(shape, device=inputs.state.device, dtype=inputs.state.dtype)
+        if use_cache and cache is None:
+            cache = self.encode_prefix(inputs)
 
         def predict(noisy: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-            if cache is not None:
+            if use_cache:
                 return self.predict_with_cache(cache, inputs.state, noisy, time)
             return self.predict_joint(inputs, noisy, time)
 
+        x = noise
         if self.config.objective == "flow":
             steps = self.config.num_inference_steps
             dt = -1.0 / steps
