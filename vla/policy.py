@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ class VLAPolicy:
         n_action_steps: int | None = None,
         temporal_ensemble: float | None = None,
         device: str | torch.device = "cpu",
+        think: bool = False,
+        reasoning_every: int = 1,
     ) -> None:
         self.model = model.eval().to(device)
         self.processor = processor
@@ -46,6 +49,9 @@ class VLAPolicy:
                 f"n_action_steps must be in 1..{horizon} (the action horizon), got {self.n_action_steps}"
             )
         self.temporal_ensemble = temporal_ensemble
+        # Think mode: regenerate the chain every `reasoning_every` chunks, reuse it in between.
+        self.think = think
+        self.reasoning_every = reasoning_every
         self.reset()
 
     @classmethod
@@ -68,34 +74,70 @@ class VLAPolicy:
     def reset(self) -> None:
         """Forget queued actions (call at the start of every episode)."""
         self._queue: collections.deque[np.ndarray] = collections.deque()
-        self._ensemble: list[
-            tuple[int, np.ndarray]
-        ] = []  # (step the chunk was predicted at, chunk)
+        # (step the chunk was predicted at, chunk), for temporal ensembling
+        self._ensemble: list[tuple[int, np.ndarray]] = []
         self._step = 0
+        self._chunks_predicted = 0
+        self.last_reasoning: str | None = None
 
     @torch.no_grad()
     def predict_chunk(
         self,
         observations: Sequence[Mapping[str, Any]] | Mapping[str, Any],
         noise: torch.Tensor | None = None,
-    ) -> np.ndarray:
-        """Action chunks (B, H, 7) in robot units for a batch of observations (one forward pass)."""
+        think: bool = False,
+        reasoning: Sequence[str] | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, list[str]]:
+        """Action chunks (B, H, 7) in robot units for a batch of observations (one forward pass).
+
+        `think=True` first generates the chain of thought token by token and returns
+        `(chunks, thoughts)`. Passing `reasoning` (one text per observation) instead feeds given
+        chains back as a forced prefix in a single parallel pass — reasoning reuse, no decoding —
+        and also returns `(chunks, thoughts)`.
+        """
         batch = [observations] if isinstance(observations, Mapping) else list(observations)
         inputs = self.processor.inputs(batch, self.device)
-        normalized = self.model.sample_actions(inputs, noise=noise)
-        return self.processor.actions(normalized)
+        if reasoning is not None:
+            if len(reasoning) != len(batch):
+                raise ValueError(
+                    f"got {len(reasoning)} reasoning texts for {len(batch)} observations"
+                )
+            ids, mask = self.processor.encode_reasoning(list(reasoning), self.device)
+            inputs = replace(inputs, reasoning_ids=ids, reasoning_mask=mask)
+            chunks = self.processor.actions(self.model.sample_actions(inputs, noise=noise))
+            return chunks, list(reasoning)
+        if not think:
+            return self.processor.actions(self.model.sample_actions(inputs, noise=noise))
+        eos = self.processor.tokenizer.eos_token_id
+        cache, ids, mask = self.model.generate_reasoning(inputs, eos)
+        chunks = self.processor.actions(self.model.sample_actions(inputs, noise=noise, cache=cache))
+        return chunks, self.processor.decode_reasoning(ids, mask)
 
     def select_action(self, observation: Mapping[str, Any]) -> np.ndarray:
         """The next action float32[7] for one environment."""
         if self.temporal_ensemble is not None:
             return self._ensembled_action(observation)
         if not self._queue:
-            chunk = self.predict_chunk([observation])[0]
+            chunk = self._next_chunk(observation)
             self._queue.extend(chunk[: self.n_action_steps])
         return self._queue.popleft()
 
+    def _next_chunk(self, observation: Mapping[str, Any]) -> np.ndarray:
+        if not self.think:
+            return self.predict_chunk([observation])[0]
+        regenerate = (
+            self.last_reasoning is None or self._chunks_predicted % self.reasoning_every == 0
+        )
+        if regenerate:
+            chunks, thoughts = self.predict_chunk([observation], think=True)
+        else:
+            chunks, thoughts = self.predict_chunk([observation], reasoning=[self.last_reasoning])
+        self._chunks_predicted += 1
+        self.last_reasoning = thoughts[0]
+        return chunks[0]
+
     def _ensembled_action(self, observation: Mapping[str, Any]) -> np.ndarray:
-        chunk = self.predict_chunk([observation])[0]
+        chunk = self._next_chunk(observation)
         self._ensemble.append((self._step, chunk))
         horizon = self.config.action_horizon
         self._ensemble = [(start, c) for start, c in self._ensemble if self._step - start < horizon]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from data.normalize import Normalizer
+from data.reasoning import REASONING_TAGS, Reasoning, format_reasoning
 from vla.config import VLAConfig
 from vla.model import ModelInputs
 from vla.tokenizer import encode_text
@@ -25,6 +26,10 @@ from vla.tokenizer import encode_text
 class ProcessorConfig:
     state_norm: str = "mean_std"
     action_norm: str = "mean_std"
+    # Reasoning dropout (training): the whole chain is dropped with `reasoning_dropout` (the
+    # sample then teaches acting without thinking); otherwise each tag with `tag_dropout`.
+    reasoning_dropout: float = 0.5
+    tag_dropout: float = 0.1
     # robot key -> our key, applied before anything else (e.g. {"observation/image": "observation.images.agentview"})
     key_map: dict[str, str] = field(default_factory=dict)
 
@@ -115,6 +120,45 @@ class Processor:
                 align_corners=False,
             )[0]
         return tensor * 2.0 - 1.0
+
+    def reasoning_text(self, frame: Mapping[str, Any], rng: np.random.Generator) -> str | None:
+        """The training target for one frame's `reasoning.*` labels, after dropout; None = no chain."""
+        if rng.random() < self.processor.reasoning_dropout:
+            return None
+        reasoning = Reasoning.from_frame(frame)
+        kept = [tag for tag in REASONING_TAGS if rng.random() >= self.processor.tag_dropout]
+        text = format_reasoning(
+            reasoning, include=kept or [REASONING_TAGS[int(rng.integers(len(REASONING_TAGS)))]]
+        )
+        return text or None
+
+    def encode_reasoning(
+        self, texts: Sequence[str | None], device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reasoning ids (B, R) ending with EOS, right-padded, and their mask; None rows are empty."""
+        limit = self.config.max_reasoning_tokens
+        rows = []
+        for text in texts:
+            ids = (
+                []
+                if not text
+                else self.tokenizer(text, add_special_tokens=False)["input_ids"][: limit - 1]
+            )
+            rows.append(ids + [self.tokenizer.eos_token_id] if text else [])
+        width = max((len(row) for row in rows), default=0)
+        padded = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for index, row in enumerate(rows):
+            padded[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[index, : len(row)] = True
+        return padded.to(device), mask.to(device)
+
+    def decode_reasoning(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        """Generated ids (B, R) -> reasoning text per item (EOS and padding dropped)."""
+        return [
+            self.tokenizer.decode(row[keep].tolist(), skip_special_tokens=True).strip()
+            for row, keep in zip(ids, mask, strict=True)
+        ]
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return self.normalizer.features["action"].normalize(actions)

@@ -1,0 +1,237 @@
+"""TimmVisionTower: any timm model as the image encoder, with local-only pretrained weights.
+
+Parametrized over a convnet with a plain head (resnet10t), a convnet whose head owns parameters
+that `forward_features` never uses (MobileNetV3's conv_head), and a ViT with a class token.
+Weights are random (pretrained=False): nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from vla.vision import TimmVisionTower, pooled_grid
+
+IMAGE_SIZE = 64
+OUT_WIDTH = 24
+
+# (model name, create_model kwargs, tokens at 64x64, parameters forward_features never uses)
+MODELS = [
+    pytest.param("resnet10t", {}, 4, set(), id="resnet10t"),  # stride 32 -> 2x2 map
+    pytest.param(
+        "mobilenetv3_small_050", {}, 4, {"conv_head.weight", "conv_head.bias"}, id="mobilenetv3"
+    ),
+    pytest.param("vit_tiny_patch16_224", {"img_size": IMAGE_SIZE}, 16, set(), id="vit_tiny"),  # 4x4
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """These models are tiny: one thread is fastest, and two oversubscribe a shared 2-core CI box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(name: str, kwargs: dict, seed: int = 0, **options) -> TimmVisionTower:
+    torch.manual_seed(seed)
+    return TimmVisionTower(name, IMAGE_SIZE, OUT_WIDTH, **options, **kwargs)
+
+
+def images(batch: int = 2, size: int = IMAGE_SIZE, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, size, size, generator=generator) * 2 - 1  # (B, 3, H, W) in [-1, 1]
+
+
+@pytest.mark.parametrize("name, kwargs, tokens, unused", MODELS)
+def test_tokens_are_projected_patch_features(
+    name: str, kwargs: dict, tokens: int, unused: set
+) -> None:
+    tower = build(name, kwargs).eval()
+    pixels = images()
+    with torch.no_grad():
+        out = tower(pixels)  # (B, N, OUT_WIDTH)
+        # Independent of the tower's own helpers: normalize with the pretrained_cfg stats,
+        # flatten the map (or drop the class token), project.
+        mean = torch.tensor(tower.model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(tower.model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+        torch.testing.assert_close(tower.normalize(pixels), ((pixels + 1) / 2 - mean) / std)
+        features = tower.model.forward_features(((pixels + 1) / 2 - mean) / std)
+        if features.ndim == 4:  # (B, C, h, w) -> (B, h*w, C)
+            features = features.flatten(2).transpose(1, 2)
+        else:  # (B, 1 + T, C) -> (B, T, C)
+            features = features[:, tower.model.num_prefix_tokens :]
+        expected = tower.projector(features)
+    assert out.shape == (2, tokens, OUT_WIDTH)
+    assert tower.num_tokens() == tokens == tower.num_tokens(IMAGE_SIZE)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, expected)
+    # different images give different tokens: the pixels, not only biases, reach the output
+    assert not torch.allclose(out[0], out[1])
+
+
+@pytest.mark.parametrize("name, kwargs, tokens, unused", MODELS)
+def test_every_trainable_parameter_gets_a_gradient(
+    name: str, kwargs: dict, tokens: int, unused: set
+) -> None:
+    tower = build(name, kwargs).train()
+    assert all(p.grad is None for p in tower.parameters())  # the shape probe left no gradients
+    tower(images()).mean().backward()
+    # parameters only the classifier head uses are frozen (they would break DDP), nothing else
+    assert set(tower.unused_parameter_names) == unused
+    frozen = {n for n, p in tower.model.named_parameters() if not p.requires_grad}
+    assert frozen == unused
+    trainable = [(n, p) for n, p in tower.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+    assert tower.projector.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tower.parameters() if not p.requires_grad)
+
+
+@pytest.mark.parametrize("name, kwargs, tokens, unused", MODELS)
+def test_max_tokens_average_pools_the_grid(
+    name: str, kwargs: dict, tokens: int, unused: set
+) -> None:
+    pooled = build(name, kwargs).eval()
+    pixels = images()
+    with torch.no_grad():
+        reference = pooled(pixels)  # (B, tokens, D)
+        pooled.max_tokens = 1  # a plain attribute: pooling has no weights
+        one = pooled(pixels)  # (B, 1, D)
+        assert one.shape == (2, 1, OUT_WIDTH) and pooled.num_tokens() == 1
+        # pooling and the linear projector commute: one token = the mean of all tokens
+        torch.testing.assert_close(one, reference.mean(dim=1, keepdim=True), atol=1e-5, rtol=1e-5)
+        for cap in (3, 5, tokens, tokens + 7):
+            pooled.max_tokens = cap
+            out = pooled(pixels)
+            assert out.shape[1] == pooled.num_tokens() <= cap
+        torch.testing.assert_close(out, reference, atol=0, rtol=0)  # cap above N: untouched
+
+
+def test_max_tokens_pools_neighbouring_patches() -> None:
+    """A 4x4 ViT grid capped at 5 tokens becomes 2x2 blocks in row-major order."""
+    tower = build("vit_tiny_patch16_224", {"img_size": IMAGE_SIZE}, max_tokens=5).eval()
+    with torch.no_grad():
+        out = tower(images())  # (B, 4, D)
+        assert tower.num_tokens() == 4
+        tower.max_tokens = None
+        grid = tower(images()).view(2, 4, 4, OUT_WIDTH)  # (B, h, w, D)
+    assert out.shape == (2, 4, OUT_WIDTH)
+    top_right = grid[:, 0:2, 2:4].mean(dim=(1, 2))
+    torch.testing.assert_close(out[:, 1], top_right, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "height, width, max_tokens, expected",
+    [
+        (4, 4, 16, (4, 4)),
+        (4, 4, 5, (2, 2)),
+        (4, 4, 9, (3, 3)),
+        (2, 8, 4, (1, 4)),
+        (1, 100, 10, (1, 10)),
+        (7, 7, 1, (1, 1)),
+    ],
+)
+def test_pooled_grid_keeps_aspect_and_cap(
+    height: int, width: int, max_tokens: int, expected: tuple[int, int]
+) -> None:
+    assert pooled_grid(height, width, max_tokens) == expected
+
+
+def test_num_tokens_at_another_image_size_matches_forward() -> None:
+    tower = build("resnet10t", {}).eval()
+    with torch.no_grad():
+        out = tower(images(batch=1, size=96))
+    assert tower.num_tokens(96) == out.shape[1] == 9  # 96 / 32 = 3x3
+
+
+@pytest.mark.parametrize("name, kwargs, tokens, unused", MODELS)
+def test_pretrained_path_loads_bit_identical(
+    tmp_path: Path, name: str, kwargs: dict, tokens: int, unused: set
+) -> None:
+    source = build(name, kwargs, seed=0).eval()
+    path = tmp_path / "weights.safetensors"
+    save_file(source.model.state_dict(), str(path))
+    loaded = build(name, kwargs, seed=1, pretrained_path=str(path)).eval()
+    loaded.projector.load_state_dict(source.projector.state_dict())  # the file holds timm's part
+    pixels = images()
+    with torch.no_grad():  # seed 1 alone would give other weights: equality comes from the file
+        assert torch.equal(loaded(pixels), source(pixels))
+
+
+def test_timm_style_checkpoint_loads(tmp_path: Path) -> None:
+    """A timm training checkpoint ({'state_dict': ...}, .pth) loads like a safetensors file."""
+    source = build("resnet10t", {}, seed=0).eval()
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 3, "state_dict": source.model.state_dict()}, path)
+    loaded = build("resnet10t", {}, seed=1, pretrained_path=path).eval()
+    for key, value in source.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+
+
+def test_other_models_weights_fail_naming_file_and_keys(tmp_path: Path) -> None:
+    resnet_path = tmp_path / "resnet10t.safetensors"
+    resnet = timm.create_model("resnet10t", num_classes=0, global_pool="")
+    save_file(resnet.state_dict(), str(resnet_path))
+    with pytest.raises(ValueError) as raised:
+        build("mobilenetv3_small_050", {}, pretrained_path=resnet_path)
+    message = str(raised.value)
+    resnet_keys = set(resnet.state_dict())
+    mobilenet_keys = set(timm.create_model("mobilenetv3_small_050", num_classes=0).state_dict())
+    assert str(resnet_path) in message
+    missing, unexpected = mobilenet_keys - resnet_keys, resnet_keys - mobilenet_keys
+    assert f"{len(missing)} missing keys: blocks.0.0.bn1.bias" in message  # mobilenet's, sorted
+    assert f"{len(unexpected)} unexpected keys: conv1.0.weight" in message  # resnet's, sorted
+
+    # same keys, other widths: the shape mismatch is named with both shapes
+    narrow_path = tmp_path / "mobilenet_050.safetensors"
+    save_file(
+        timm.create_model("mobilenetv3_small_050", num_classes=0).state_dict(), str(narrow_path)
+    )
+    first_shown = r"shape mismatches \(file vs model\): blocks\.0\.0\.bn2\.bias \(8,\) vs \(16,\)"
+    with pytest.raises(ValueError, match=first_shown) as raised:
+        build("mobilenetv3_small_100", {}, pretrained_path=narrow_path)
+    assert str(narrow_path) in str(raised.value) and "missing keys" not in str(raised.value)
+
+
+def test_missing_weights_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "absent.safetensors"
+    with pytest.raises(FileNotFoundError, match="absent.safetensors.*never downloaded"):
+        build("resnet10t", {}, pretrained_path=path)
+
+
+def test_pretrained_without_path_refuses_to_download() -> None:
+    with pytest.raises(ValueError, match="never downloaded.*pretrained_path"):
+        TimmVisionTower("resnet10t", IMAGE_SIZE, OUT_WIDTH, pretrained=True)
+
+
+def test_unknown_model_name_suggests_close_names() -> None:
+    with pytest.raises(KeyError, match="did you mean.*resnet10t"):
+        TimmVisionTower("resnet10", IMAGE_SIZE, OUT_WIDTH)
+
+
+def test_shapes_and_unused_parameters_without_fake_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where FakeTensorMode cannot run a model, a real forward on zeros gives the same answers."""
+    import torch._subclasses.fake_tensor as fake_tensor
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("fake tensors unsupported here")
+
+    monkeypatch.setattr(fake_tensor, "FakeTensorMode", unavailable)
+    tower = build("mobilenetv3_small_050", {}).train()
+    assert tower.num_tokens() == 4 and tower.num_tokens(96) == 9
+    assert set(tower.unused_parameter_names) == {"conv_head.weight", "conv_head.bias"}
+    # the probe ran in eval mode and left no trace: mode, gradients, BatchNorm statistics
+    assert tower.training and all(p.grad is None for p in tower.parameters())
+    assert all(int(b) == 0 for n, b in tower.named_buffers() if n.endswith("num_batches_tracked"))
+
+
+def test_image_size_the_vit_rejects_names_the_fix() -> None:
+    with pytest.raises(ValueError, match="32x32 image.*dynamic_img_size=True"):
+        TimmVisionTower("vit_tiny_patch16_224", 32, OUT_WIDTH, img_size=IMAGE_SIZE)
