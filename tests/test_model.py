@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vla.config import VLAConfig
+from vla.config import NAMED_CONFIGS, VLAConfig
 from vla.model import ModelInputs, VLAModel
 
 
@@ -106,29 +106,51 @@ def test_loss_ignores_padded_chunk_positions(model: VLAModel) -> None:
         torch.testing.assert_close(second, expected, atol=1e-5, rtol=1e-5)
 
 
+CPU_CONFIGS = [name for name in NAMED_CONFIGS if name != "pi0"]
+
+
 @pytest.mark.parametrize("objective", ["flow", "diffusion"])
-def test_gradients_reach_every_parameter_the_action_loss_uses(objective: str) -> None:
+@pytest.mark.parametrize("name", CPU_CONFIGS)
+def test_gradients_reach_every_parameter_the_action_loss_uses(name: str, objective: str) -> None:
     torch.manual_seed(0)
-    model = VLAModel(VLAConfig.named("tiny", objective=objective)).train()
+    model = VLAModel(VLAConfig.named(name, objective=objective)).train()
     inputs = fake_inputs(model.config)
     loss = model.compute_loss(inputs, torch.randn(3, model.config.action_horizon, 7))["loss"]
+    assert torch.isfinite(loss)
     loss.backward()
     last = model.geometry.num_layers - 1
     # Only the reasoning (language-model) loss uses these: the expert reads the last backbone
-    # layer's keys/values, not its attention output, MLP or the final norm.
+    # layer's keys/values, not its attention output, MLP or the final norm
+    # (tests/test_chain_of_thought.py checks that with reasoning every parameter gets a gradient).
     unused = {"backbone.final_norm.weight"} | {
         name
         for name, _ in model.named_parameters()
         if name.startswith(f"backbone.layers.{last}.")
         and not any(part in name for part in ("q_proj", "k_proj", "v_proj", "input_layernorm"))
     }
-    missing = [
-        name
-        for name, parameter in model.named_parameters()
-        if parameter.grad is None and name not in unused
-    ]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trainable if p.grad is None and n not in unused]
     assert not missing, f"no gradient for {missing}"
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert all(torch.isfinite(p.grad).all() for _, p in trainable if p.grad is not None)
+
+
+@pytest.mark.gpu
+def test_pi0_size_config_runs_a_training_step_in_bf16() -> None:
+    """The pi0-shaped config (PaliGemma-3B-sized backbone, ~300M expert) on a GPU, random weights."""
+    model = VLAModel(VLAConfig.named("pi0")).to("cuda", torch.bfloat16).train()
+    inputs = fake_inputs(model.config, batch=2, text_lengths=(20, 48))
+    inputs = ModelInputs(
+        images={k: v.to("cuda", torch.bfloat16) for k, v in inputs.images.items()},
+        text_ids=inputs.text_ids.cuda(),
+        text_mask=inputs.text_mask.cuda(),
+        state=inputs.state.to("cuda", torch.bfloat16),
+    )
+    loss = model.compute_loss(
+        inputs, torch.randn(2, model.config.action_horizon, 7, device="cuda", dtype=torch.bfloat16)
+    )["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert sum(p.numel() for p in model.expert.parameters()) > 2e8
 
 
 def test_overfits_one_batch() -> None:

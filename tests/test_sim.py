@@ -240,8 +240,11 @@ def test_vector_env_runs_real_simulations_like_in_process_envs() -> None:
         env.reset(options={"init_state": init_state})
         for action in actions:
             observation = env.step(action)[0]
-        np.testing.assert_array_equal(stepped[index].obs["observation.state"], observation["observation.state"])
         np.testing.assert_array_equal(
-            stepped[index].obs["observation.images.agentview"], observation["observation.images.agentview"]
+            stepped[index].obs["observation.state"], observation["observation.state"]
+        )
+        np.testing.assert_array_equal(
+            stepped[index].obs["observation.images.agentview"],
+            observation["observation.images.agentview"],
         )
         env.close()

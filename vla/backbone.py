@@ -77,14 +77,14 @@ class PaliGemmaBackbone(Backbone):
         else:
             model = PaliGemmaForConditionalGeneration(PaliGemmaConfig(**config.backbone_config))
         vision_size = model.config.vision_config.image_size
-        if vision_size != config.image_size:
+        if config.vision_tower == "siglip" and vision_size != config.image_size:
             raise ValueError(
                 f"the backbone's vision tower takes {vision_size}x{vision_size} images but the config "
                 f"says image_size={config.image_size}; make them equal"
             )
         text = model.config.text_config
         projected = model.model.multi_modal_projector.linear.out_features
-        if projected != text.hidden_size:
+        if config.vision_tower == "siglip" and projected != text.hidden_size:
             raise ValueError(
                 f"the projector maps images to width {projected} but the decoder is {text.hidden_size} "
                 f"wide; set projection_dim={text.hidden_size} in the backbone config"
@@ -97,8 +97,20 @@ class PaliGemmaBackbone(Backbone):
             hidden_size=text.hidden_size,
         )
         self.hf_config = model.config  # kept so a checkpoint can inline it (no path needed to load)
-        self.vision_tower = model.model.vision_tower
-        self.projector = model.model.multi_modal_projector
+        if config.vision_tower == "siglip":
+            self.vision_tower = model.model.vision_tower
+            self.projector = model.model.multi_modal_projector
+        else:
+            from vla.vision import TimmVisionTower
+
+            # replaces SigLIP + projector; the unused SigLIP weights are dropped with `model`
+            self.timm_tower = TimmVisionTower(
+                config.vision_tower.removeprefix("timm:"),
+                config.image_size,
+                text.hidden_size,
+                max_tokens=config.vision_max_tokens,
+                **config.vision_tower_kwargs,
+            )
         self.embed_tokens = model.model.language_model.embed_tokens
         self.layers = model.model.language_model.layers
         self.rotary_emb = model.model.language_model.rotary_emb
@@ -109,6 +121,8 @@ class PaliGemmaBackbone(Backbone):
         self.embedding_scale = math.sqrt(text.hidden_size)
 
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "timm_tower"):
+            return self.timm_tower(pixels)  # (B, N, D)
         features = self.vision_tower(pixel_values=pixels).last_hidden_state  # (B, N, Dv)
         # HF PaliGemma divides projected features by sqrt(hidden) and Gemma multiplies all inputs by
         # it again: the decoder sees the projector's output unscaled.

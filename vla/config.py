@@ -1,7 +1,7 @@
 """Model configuration: one frozen dataclass, validated at construction, passed whole to modules.
 
 Named configurations live in `NAMED_CONFIGS` (a registry, not if/elif): `tiny` trains on two CPU
-cores; `pi0` has the shape of pi0 (PaliGemma-3B backbone, ~300M expert) for GPU runs and
+cores; `tiny-timm` swaps SigLIP for a timm ResNet; `pi0` has the shape of pi0 (PaliGemma-3B backbone, ~300M expert) for GPU runs and
 benchmarks. `VLAConfig.named("tiny", action_horizon=8)` builds one with overrides; unknown names
 and keys fail with a "did you mean".
 """
@@ -24,6 +24,11 @@ class VLAConfig:
     # ignored when `pretrained_path` names a local directory saved with `save_pretrained`
     backbone_config: dict[str, Any] = field(default_factory=dict)
     pretrained_path: str | None = None
+    # "siglip": the family's own vision tower; "timm:<model name>": any timm model + a projector
+    # (vla/vision.py), e.g. a small convnet for fast CPU configs
+    vision_tower: str = "siglip"
+    vision_tower_kwargs: dict[str, Any] = field(default_factory=dict)
+    vision_max_tokens: int | None = None
     # --- inputs
     cameras: tuple[str, ...] = ("agentview", "wrist")
     image_size: int = 64
@@ -62,6 +67,10 @@ class VLAConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.cameras:
             raise ValueError("at least one camera is needed")
+        if self.vision_tower != "siglip" and not self.vision_tower.startswith("timm:"):
+            raise ValueError(
+                f"vision_tower must be 'siglip' or 'timm:<model name>', got {self.vision_tower!r}"
+            )
 
     @classmethod
     def named(cls, name: str, **overrides: Any) -> VLAConfig:
@@ -143,6 +152,9 @@ PI0_PALIGEMMA = {
 
 NAMED_CONFIGS: dict[str, VLAConfig] = {
     "tiny": VLAConfig(backbone_config=TINY_PALIGEMMA, image_size=64),
+    "tiny-timm": VLAConfig(
+        backbone_config=TINY_PALIGEMMA, image_size=64, vision_tower="timm:resnet10t"
+    ),
     "pi0": VLAConfig(
         backbone_config=PI0_PALIGEMMA,
         image_size=224,
