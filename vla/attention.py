@@ -19,6 +19,7 @@ from torch import nn
 from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
 
 from vla.backbone import AttentionGeometry
+from vla.feature_cache import FeatureCache
 
 
 @dataclass
@@ -133,18 +134,38 @@ def suffix_forward(
     geometry: AttentionGeometry,
     suffix: torch.Tensor,
     cache: PrefixCache,
+    feature_cache: FeatureCache | None = None,
 ) -> torch.Tensor:
-    """Run the suffix (B, S, De) through the expert, attending to the cached prefix."""
+    """Run the suffix (B, S, De) through the expert, attending to the cached prefix.
+
+    With a `feature_cache`, each attention/MLP block either computes its output or reuses the
+    one stored at its last refresh (vla/feature_cache.py).
+    """
     length = suffix.shape[1]
     positions = cache.lengths[:, None] + torch.arange(length, device=suffix.device)[None]
     cos, sin = rotary(suffix, positions)
     allowed = _suffix_allowed(cache.mask, length)
     hidden = suffix
     for index, layer in enumerate(expert_layers):
-        q, k, v = _project(layer, hidden, cos, sin, geometry)
-        k = torch.cat([cache.keys[index], k], dim=2)
-        v = torch.cat([cache.values[index], v], dim=2)
-        hidden = _finish(layer, hidden, _attend(q, k, v, allowed))
+
+        def attention_output(
+            layer: nn.Module = layer, index: int = index, hidden: torch.Tensor = hidden
+        ) -> torch.Tensor:
+            q, k, v = _project(layer, hidden, cos, sin, geometry)
+            k = torch.cat([cache.keys[index], k], dim=2)
+            v = torch.cat([cache.values[index], v], dim=2)
+            return layer.self_attn.o_proj(_attend(q, k, v, allowed))
+
+        if feature_cache is None:
+            hidden = hidden + attention_output()
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            continue
+        hidden = hidden + feature_cache.output((index, "attention"), attention_output)
+        after_attention = hidden
+        hidden = hidden + feature_cache.output(
+            (index, "mlp"),
+            lambda: layer.mlp(layer.post_attention_layernorm(after_attention)),  # noqa: B023
+        )
     return hidden
 
 

@@ -23,6 +23,7 @@ from vla.attention import PrefixCache, decode_token, encode_prefix, joint_forwar
 from vla.backbone import build_backbone
 from vla.config import VLAConfig
 from vla.expert import ActionExpert
+from vla.feature_cache import FeatureCache, all_blocks
 
 
 @dataclass
@@ -94,11 +95,17 @@ class VLAModel(nn.Module):
         state: torch.Tensor,
         noisy_actions: torch.Tensor,
         time: torch.Tensor,
+        feature_cache: FeatureCache | None = None,
     ) -> torch.Tensor:
         """The expert's prediction (velocity or noise) (B, H, A) for one denoising step."""
         suffix = self.expert.embed_suffix(state, noisy_actions, time)
         hidden = suffix_forward(
-            self.expert.layers, self.backbone.rotary_emb, self.geometry, suffix, cache
+            self.expert.layers,
+            self.backbone.rotary_emb,
+            self.geometry,
+            suffix,
+            cache,
+            feature_cache,
         )
         return self.expert.readout(hidden)
 
@@ -230,13 +237,21 @@ class VLAModel(nn.Module):
         noise: torch.Tensor | None = None,
         use_cache: bool = True,
         cache: PrefixCache | None = None,
+        feature_cache: FeatureCache | None = None,
     ) -> torch.Tensor:
         """Denoise a chunk (B, H, A) from `noise` in `num_inference_steps` steps.
 
         With `use_cache`, the prefix is encoded once and its KV cache reused by every step (or
         `cache` is used as given, e.g. grown by `generate_reasoning`); without, every step
-        recomputes the whole sequence (the reference the cache must match).
+        recomputes the whole sequence (the reference the cache must match). A `feature_cache`
+        additionally reuses expert block outputs across steps on its schedule.
         """
+        if feature_cache is not None:
+            if not use_cache:
+                raise ValueError(
+                    "feature caching works on top of the prefix KV cache (use_cache=True)"
+                )
+            feature_cache.reset()
         batch = inputs.state.shape[0]
         shape = (batch, self.config.action_horizon, self.config.action_dim)
         if noise is None:
@@ -244,10 +259,12 @@ class VLAModel(nn.Module):
         if use_cache and cache is None:
             cache = self.encode_prefix(inputs)
 
-        def predict(noisy: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-            if use_cache:
-                return self.predict_with_cache(cache, inputs.state, noisy, time)
-            return self.predict_joint(inputs, noisy, time)
+        def predict(noisy: torch.Tensor, time: torch.Tensor, step: int) -> torch.Tensor:
+            if not use_cache:
+                return self.predict_joint(inputs, noisy, time)
+            if feature_cache is not None:
+                feature_cache.step = step
+            return self.predict_with_cache(cache, inputs.state, noisy, time, feature_cache)
 
         x = noise
         if self.config.objective == "flow":
@@ -255,15 +272,39 @@ class VLAModel(nn.Module):
             dt = -1.0 / steps
             for step in range(steps):
                 time = torch.full((batch,), 1.0 + step * dt, device=x.device, dtype=x.dtype)
-                x = x + dt * predict(x, time)
+                x = x + dt * predict(x, time, step)
             return x
         self.scheduler.set_timesteps(self.config.num_inference_steps)
-        for timestep in self.scheduler.timesteps:
+        for step, timestep in enumerate(self.scheduler.timesteps):
             time = torch.full(
                 (batch,),
                 float(timestep) / self.config.diffusion_train_steps,
                 device=x.device,
                 dtype=x.dtype,
             )
-            x = self.scheduler.step(predict(x, time), timestep, x).prev_sample
+            x = self.scheduler.step(predict(x, time, step), timestep, x).prev_sample
         return x
+
+
+@torch.no_grad()
+def profile_block_features(model: VLAModel, inputs: ModelInputs, noise: torch.Tensor) -> dict:
+    """Every expert block's output at every denoising step of one uncached-feature run:
+    block -> (steps, B, S, De). The input to `adaptive_schedule`."""
+    steps = model.config.num_inference_steps
+    everything = {block: frozenset(range(steps)) for block in all_blocks(model.geometry.num_layers)}
+    recorder = RecordingFeatureCache(everything)
+    model.sample_actions(inputs, noise=noise, feature_cache=recorder)
+    return {block: torch.stack(outputs) for block, outputs in recorder.history.items()}
+
+
+class RecordingFeatureCache(FeatureCache):
+    """A feature cache that also keeps every computed output, for profiling."""
+
+    def __init__(self, refresh_steps: dict) -> None:
+        super().__init__(refresh_steps)
+        self.history: dict = {}
+
+    def output(self, block, compute):  # noqa: ANN001, ANN201
+        value = super().output(block, compute)
+        self.history.setdefault(block, []).append(value)
+        return value
