@@ -33,7 +33,9 @@ def test_refreshing_every_step_is_exactly_uncached(model: VLAModel) -> None:
     layers = model.geometry.num_layers
     cache = FeatureCache(uniform_schedule(layers, 10, every=1))
     with_cache = model.sample_actions(inputs, noise=noise, feature_cache=cache)
-    torch.testing.assert_close(with_cache, model.sample_actions(inputs, noise=noise), atol=0, rtol=0)
+    torch.testing.assert_close(
+        with_cache, model.sample_actions(inputs, noise=noise), atol=0, rtol=0
+    )
     assert cache.reused == 0 and cache.computed == 10 * 2 * layers
 
 
@@ -88,14 +90,21 @@ def test_adaptive_schedule_from_profiled_features(model: VLAModel) -> None:
     features = profile_block_features(model, inputs, noise)
     layers = model.geometry.num_layers
     assert set(features) == set(all_blocks(layers))
-    assert features[(0, "mlp")].shape == (10, 3, 1 + model.config.action_horizon, model.config.expert_hidden_size)
+    assert features[(0, "mlp")].shape == (
+        10,
+        3,
+        1 + model.config.action_horizon,
+        model.config.expert_hidden_size,
+    )
     schedule = adaptive_schedule(features, refreshes=4, num_layers=layers)
     last_mlp = (layers - 1, "mlp")
     assert all(0 in steps for steps in schedule.values())
     assert len(schedule[last_mlp]) == 4
     for position, block in enumerate(all_blocks(layers)):
         if block[1] == "mlp":
-            assert all(schedule[block] <= schedule[upstream] for upstream in all_blocks(layers)[:position])
+            assert all(
+                schedule[block] <= schedule[upstream] for upstream in all_blocks(layers)[:position]
+            )
     cache = FeatureCache(schedule)
     actions = model.sample_actions(inputs, noise=noise, feature_cache=cache)
     assert torch.isfinite(actions).all() and cache.reused > 0

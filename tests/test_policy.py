@@ -144,3 +144,27 @@ def test_temporal_ensemble_averages_overlapping_chunks(parts) -> None:
     ) / weights.sum()
     np.testing.assert_allclose(actions[2], expected, rtol=1e-5)
     np.testing.assert_allclose(actions[0], chunks[0][0], rtol=1e-6)
+
+
+def test_from_pretrained_round_trip(parts, tmp_path) -> None:
+    """A saved checkpoint loads as a policy that predicts exactly what the original predicted."""
+    from vla.checkpoint import save_checkpoint
+
+    model, processor = parts
+    processor.tokenizer.save_pretrained(tmp_path / "tokenizer")
+    save_checkpoint(
+        tmp_path / "checkpoint",
+        model,
+        model.config,
+        dataset_stats(),
+        processor=processor.processor.to_dict(),
+        tokenizer_dir=tmp_path / "tokenizer",
+    )
+    loaded = VLAPolicy.from_pretrained(tmp_path / "checkpoint", n_action_steps=3)
+    original = VLAPolicy(model, processor)
+    noise = torch.randn(2, 6, 7)
+    batch = [observation(40, TASKS[0]), observation(41, TASKS[1])]
+    np.testing.assert_array_equal(
+        loaded.predict_chunk(batch, noise=noise), original.predict_chunk(batch, noise=noise)
+    )
+    assert loaded.n_action_steps == 3 and loaded.processor.processor == processor.processor
