@@ -42,7 +42,9 @@ def steps_per_second(suite: str, task: int, steps: int, size: int, **config: obj
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args()
@@ -50,9 +52,15 @@ def main() -> None:
     print(f"{args.steps} steps, both cameras at {args.size}x{args.size}, random actions\n")
     results = {
         "ours: quickstart task 0": steps_per_second("quickstart", 0, args.steps, args.size),
-        "ours: tabletop task 12 (most objects)": steps_per_second("tabletop", 12, args.steps, args.size),
-        "ours: tabletop task 12, images off": steps_per_second("tabletop", 12, args.steps, args.size, render_images=False),
-        "LIBERO: libero_spatial task 0": steps_per_second("libero_spatial", 0, args.steps, args.size),
+        "ours: tabletop task 12 (most objects)": steps_per_second(
+            "tabletop", 12, args.steps, args.size
+        ),
+        "ours: tabletop task 12, images off": steps_per_second(
+            "tabletop", 12, args.steps, args.size, render_images=False
+        ),
+        "LIBERO: libero_spatial task 0": steps_per_second(
+            "libero_spatial", 0, args.steps, args.size
+        ),
         "LIBERO: libero_10 task 0": steps_per_second("libero_10", 0, args.steps, args.size),
     }
     for name, value in results.items():

@@ -57,7 +57,9 @@ def to_device(inputs: ModelInputs, device: str, dtype: torch.dtype) -> ModelInpu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -69,44 +71,84 @@ def main() -> None:
     config = VLAConfig.named(args.config, max_reasoning_tokens=args.reasoning_tokens)
     model = VLAModel(config).to(args.device, dtype).eval()
     steps = config.num_inference_steps
-    layers = model.geometry.num_layers
     print(f"machine: {machine_description()}")
-    print(f"config {args.config}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-          f"{steps} denoising steps, horizon {config.action_horizon}, {args.device} {args.dtype}\n")
+    print(
+        f"config {args.config}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        f"{steps} denoising steps, horizon {config.action_horizon}, {args.device} {args.dtype}\n"
+    )
     for batch in (1, 8):
-        lengths = tuple(12 + (i % 5) for i in range(batch))
-        inputs = to_device(fake_inputs(config, batch=batch, text_lengths=lengths), args.device, dtype)
-        noise = torch.randn(batch, config.action_horizon, config.action_dim, device=args.device, dtype=dtype)
-        with torch.no_grad():
-            cache = model.encode_prefix(inputs)
-            prefix_time = timed(lambda: model.encode_prefix(inputs), args.repeats, args.device)
-            uncached = timed(lambda: model.sample_actions(inputs, noise=noise, use_cache=False), args.repeats, args.device)
-            cached = timed(lambda: model.sample_actions(inputs, noise=noise), args.repeats, args.device)
-            denoise = timed(lambda: model.sample_actions(inputs, noise=noise, cache=cache), args.repeats, args.device)
-            # a never-ending chain: generation runs to max_reasoning_tokens for a stable count
-            reasoning = timed(lambda: model.generate_reasoning(inputs, eos_token_id=-1), max(1, args.repeats // 2), args.device)
-            reference = model.sample_actions(inputs, noise=noise)
-            profile = profile_block_features(model, inputs, noise)
-            variants = {
-                "uniform every 2": uniform_schedule(layers, steps, every=2),
-                "adaptive, 5 refreshes": adaptive_schedule(profile, refreshes=5, num_layers=layers),
-            }
-            print(f"batch {batch}:")
-            print(f"  prefix encode              {prefix_time * 1e3:8.1f} ms")
-            print(f"  denoise ({steps} steps)          {denoise * 1e3:8.1f} ms  ({denoise / steps * 1e3:.1f} ms/step)")
-            print(f"  reasoning ({args.reasoning_tokens} tokens)       {reasoning * 1e3:8.1f} ms  ({reasoning / args.reasoning_tokens * 1e3:.1f} ms/token)")
-            print(f"  chunk, no KV cache         {uncached * 1e3:8.1f} ms")
-            print(f"  chunk, prefix KV cache     {cached * 1e3:8.1f} ms  -> {uncached / cached:.2f}x faster than no cache")
-            for name, schedule in variants.items():
-                feature_cache = FeatureCache(schedule)
-                latency = timed(lambda: model.sample_actions(inputs, noise=noise, feature_cache=feature_cache), args.repeats, args.device)
-                actions = model.sample_actions(inputs, noise=noise, feature_cache=FeatureCache(schedule))
-                error = (actions - reference).abs()
-                skipped = feature_cache.reused / (feature_cache.reused + feature_cache.computed)
-                print(f"  chunk, KV + features ({name}) {latency * 1e3:8.1f} ms  -> {cached / latency:.2f}x vs KV cache; "
-                      f"{skipped:.0%} of expert blocks reused; action error max {error.max():.4f}, "
-                      f"mean {error.mean():.4f} (actions' mean |a| {reference.abs().mean():.3f})")
-            print()
+        report_batch(model, config, batch, args, dtype)
+
+
+def report_batch(
+    model: VLAModel, config: VLAConfig, batch: int, args: argparse.Namespace, dtype: torch.dtype
+) -> None:
+    """Print every measurement for one batch size."""
+    steps = config.num_inference_steps
+    layers = model.geometry.num_layers
+    lengths = tuple(12 + (i % 5) for i in range(batch))
+    inputs = to_device(fake_inputs(config, batch=batch, text_lengths=lengths), args.device, dtype)
+    noise = torch.randn(
+        batch, config.action_horizon, config.action_dim, device=args.device, dtype=dtype
+    )
+    with torch.no_grad():
+        cache = model.encode_prefix(inputs)
+        prefix_time = timed(lambda: model.encode_prefix(inputs), args.repeats, args.device)
+        uncached = timed(
+            lambda: model.sample_actions(inputs, noise=noise, use_cache=False),
+            args.repeats,
+            args.device,
+        )
+        cached = timed(lambda: model.sample_actions(inputs, noise=noise), args.repeats, args.device)
+        denoise = timed(
+            lambda: model.sample_actions(inputs, noise=noise, cache=cache),
+            args.repeats,
+            args.device,
+        )
+        # a never-ending chain: generation runs to max_reasoning_tokens for a stable count
+        reasoning = timed(
+            lambda: model.generate_reasoning(inputs, eos_token_id=-1),
+            max(1, args.repeats // 2),
+            args.device,
+        )
+        reference = model.sample_actions(inputs, noise=noise)
+        profile = profile_block_features(model, inputs, noise)
+        variants = {
+            "uniform every 2": uniform_schedule(layers, steps, every=2),
+            "adaptive, 5 refreshes": adaptive_schedule(profile, refreshes=5, num_layers=layers),
+        }
+        print(f"batch {batch}:")
+        print(f"  prefix encode              {prefix_time * 1e3:8.1f} ms")
+        print(
+            f"  denoise ({steps} steps)          {denoise * 1e3:8.1f} ms  ({denoise / steps * 1e3:.1f} ms/step)"
+        )
+        print(
+            f"  reasoning ({args.reasoning_tokens} tokens)       {reasoning * 1e3:8.1f} ms  ({reasoning / args.reasoning_tokens * 1e3:.1f} ms/token)"
+        )
+        print(f"  chunk, no KV cache         {uncached * 1e3:8.1f} ms")
+        print(
+            f"  chunk, prefix KV cache     {cached * 1e3:8.1f} ms  -> {uncached / cached:.2f}x faster than no cache"
+        )
+        for name, schedule in variants.items():
+            feature_cache = FeatureCache(schedule)
+            latency = timed(
+                lambda feature_cache=feature_cache: model.sample_actions(
+                    inputs, noise=noise, feature_cache=feature_cache
+                ),
+                args.repeats,
+                args.device,
+            )
+            actions = model.sample_actions(
+                inputs, noise=noise, feature_cache=FeatureCache(schedule)
+            )
+            error = (actions - reference).abs()
+            skipped = feature_cache.reused / (feature_cache.reused + feature_cache.computed)
+            print(
+                f"  chunk, KV + features ({name}) {latency * 1e3:8.1f} ms  -> {cached / latency:.2f}x vs KV cache; "
+                f"{skipped:.0%} of expert blocks reused; action error max {error.max():.4f}, "
+                f"mean {error.mean():.4f} (actions' mean |a| {reference.abs().mean():.3f})"
+            )
+        print()
 
 
 if __name__ == "__main__":
