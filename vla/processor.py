@@ -102,6 +102,50 @@ class Processor:
             images=images, text_ids=ids.to(device), text_mask=mask.to(device), state=state
         )
 
+    def training_inputs(
+        self, batch: Mapping[str, Any], rng: np.random.Generator
+    ) -> tuple[ModelInputs, torch.Tensor, torch.Tensor]:
+        """A collated `ActionChunkDataset` batch -> (model inputs with reasoning targets after
+        dropout, normalized actions (B, H, A), action_is_pad (B, H)), on the batch's device."""
+        device = batch["observation.state"].device
+        images = {}
+        for camera in self.config.cameras:
+            key = f"observation.images.{camera}"
+            if key not in batch:
+                raise KeyError(
+                    f"the batch has no {key!r}; the model's cameras are {list(self.config.cameras)}"
+                )
+            images[camera] = self.images(batch[key])
+        state = self.normalizer.features["observation.state"].normalize(
+            batch["observation.state"].float()
+        )
+        ids, mask = encode_text(self.tokenizer, list(batch["task"]), self.config.max_text_tokens)
+        inputs = ModelInputs(
+            images=images, text_ids=ids.to(device), text_mask=mask.to(device), state=state
+        )
+        if "reasoning.subtask" in batch:
+            texts = [self.reasoning_text(frame, rng) for frame in _reasoning_frames(batch)]
+            reasoning_ids, reasoning_mask = self.encode_reasoning(texts, device)
+            inputs = ModelInputs(
+                **{
+                    **inputs.__dict__,
+                    "reasoning_ids": reasoning_ids,
+                    "reasoning_mask": reasoning_mask,
+                }
+            )
+        actions = self.normalize_actions(batch["action"].float())
+        return inputs, actions, batch["action_is_pad"].bool()
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, h, w) -> (B, 3, S, S) float in [-1, 1] (resized when h, w differ from S)."""
+        pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        size = self.config.image_size
+        if pixels.shape[-2:] != (size, size):
+            pixels = F.interpolate(
+                pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        return pixels * 2.0 - 1.0
+
     def image(self, image: Any) -> torch.Tensor:
         """uint8 (H, W, 3) (or float CHW already in [0, 1]) -> (3, S, S) float in [-1, 1]."""
         tensor = torch.as_tensor(np.asarray(image))
@@ -167,3 +211,18 @@ class Processor:
         """Model output (B, H, A) -> robot actions in dataset units, float32."""
         actions = self.normalizer.features["action"].unnormalize(normalized.float().cpu().numpy())
         return actions.astype(np.float32)
+
+
+def _reasoning_frames(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per-sample `reasoning.*` label dicts out of a collated batch."""
+    size = len(batch["reasoning.subtask"])
+    frames = []
+    for index in range(size):
+        frame = {}
+        for key in ("reasoning.plan", "reasoning.subtask", "reasoning.move", "reasoning.objects"):
+            if key in batch:
+                frame[key] = batch[key][index]
+        if "reasoning.gripper_px" in batch:
+            frame["reasoning.gripper_px"] = batch["reasoning.gripper_px"][index].cpu().numpy()
+        frames.append(frame)
+    return frames

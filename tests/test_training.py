@@ -1,0 +1,117 @@
+"""Training: typed configs with overrides, a Lightning run whose loss falls, resume, export."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vla.policy import VLAPolicy
+from vla.training.config import ConfigError, load_config
+from vla.training.module import warmup_cosine
+from vla.training.run import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_config_file_overrides_and_errors(tmp_path: Path) -> None:
+    config = load_config(
+        REPO / "configs" / "quickstart.yaml",
+        ["optim.lr=1e-4", "model.overrides.action_horizon=8", "trainer.ema_decay=null"],
+    )
+    assert (
+        config.optim.lr == 1e-4
+        and config.model.overrides == {"action_horizon": 8}
+        and config.trainer.ema_decay is None
+    )
+    assert config.data.path == "outputs/quickstart/dataset" and config.model.name == "tiny"
+    with pytest.raises(ConfigError, match="did you mean 'optim.lr'"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="did you mean 'trainer'"):
+        load_config(None, ["trainr.max_steps=3"])
+    with pytest.raises(ConfigError, match="trainer.max_steps: expected int"):
+        load_config(None, ["trainer.max_steps=1.5"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["max_steps"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  pth: x\n")
+    with pytest.raises(ConfigError, match="did you mean 'data.path'"):
+        load_config(bad)
+
+
+def test_warmup_then_cosine() -> None:
+    factors = [warmup_cosine(step, warmup=10, total=110, floor=0.1) for step in range(120)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[60] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert factors[110] == pytest.approx(0.1) and factors[119] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "logs" / "csv" / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def losses(rows: list[dict[str, str]], key: str = "train/loss") -> list[float]:
+    return [float(row[key]) for row in rows if row.get(key)]
+
+
+@pytest.mark.slow
+def test_training_learns_resumes_and_exports(write_dataset, tmp_path: Path) -> None:
+    root, _ = write_dataset(lengths=(30, 30, 30, 30))
+    overrides = [
+        f"data.path={root}",
+        f"output_dir={tmp_path / 'runs'}",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "trainer.log_every=2",
+        "trainer.checkpoint_every=10",
+        "optim.warmup_steps=5",
+        "optim.lr=2e-3",
+        "logging.wandb=offline",
+        "trainer.ema_decay=0.9",
+        "model.overrides.num_inference_steps=3",
+    ]
+    first = load_config(None, [*overrides, "trainer.max_steps=20"])
+    train(first)
+    run_dir = first.run_dir
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and (
+        run_dir / "checkpoints" / "step=20.ckpt"
+    ).exists()
+    assert list((run_dir / "logs" / "wandb").glob("offline-run-*")), "wandb logs offline by default"
+    assert not list(run_dir.rglob("*.partial")), "checkpoints are written atomically"
+
+    resumed = load_config(None, [*overrides, "trainer.max_steps=100"])
+    export = train(resumed, resume=True)
+    steps = [int(row["step"]) for row in read_metrics(run_dir) if row.get("train/loss")]
+    assert steps == sorted(steps) and steps[-1] == 99, "the resumed run continues the step count"
+    checkpoint = torch.load(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert checkpoint["global_step"] == 100
+
+    values = losses(read_metrics(run_dir))
+    start, end = np.mean(values[:3]), np.mean(values[-3:])
+    assert end < start / 1.5, (
+        f"training loss went from {start:.3f} to {end:.3f}; expected a 1.5x drop"
+    )
+
+    assert (
+        yaml.safe_load((run_dir / "resolved_config.yaml").read_text())["trainer"]["max_steps"] == 100
+    )
+    policy = VLAPolicy.from_pretrained(export)
+    rng = np.random.default_rng(0)
+    obs = {
+        "observation.images.agentview": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+        "observation.images.wrist": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+        "observation.state": rng.normal(size=8).astype(np.float32),
+        "task": "task 0",
+    }
+    chunk = policy.predict_chunk([obs])
+    assert chunk.shape == (1, 10, 7) and np.isfinite(chunk).all()
+    chunk, thoughts = policy.predict_chunk([obs], think=True)
+    assert isinstance(thoughts[0], str)

@@ -1,0 +1,1 @@
+"""Training: typed run configs, the Lightning module and data module around `VLAModel`."""

@@ -1,0 +1,188 @@
+"""Typed training configs: YAML files and dotted command-line overrides, validated strictly.
+
+A run config is a tree of frozen dataclasses. `load_config(path, overrides)` reads YAML, applies
+`section.key=value` overrides (values parsed as YAML: `optim.lr=1e-4`, `model.overrides.action_horizon=8`),
+and rejects unknown keys at any depth with a "did you mean". The resolved config is written next
+to every run (`resolved_config.yaml`) so a run can be reproduced from its own directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or holds a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "tiny"  # a named VLAConfig (vla/config.py)
+    overrides: dict[str, Any] = field(default_factory=dict)  # VLAConfig fields to change
+
+
+@dataclass(frozen=True)
+class ProcessorSection:
+    state_norm: str = "mean_std"
+    action_norm: str = "mean_std"
+    reasoning_dropout: float = 0.5
+    tag_dropout: float = 0.1
+    tokenizer_vocab_size: int = 512  # for the byte-level BPE trained on the dataset's text
+
+
+@dataclass(frozen=True)
+class DataSection:
+    path: str = "outputs/quickstart/dataset"
+    batch_size: int = 32
+    num_workers: int = 2
+    validation_episodes: int = 0  # the last N episodes, held out
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    backbone_lr_scale: float = 1.0  # 0 freezes the backbone
+
+
+@dataclass(frozen=True)
+class TrainerSection:
+    max_steps: int = 2000
+    seed: int = 0
+    strategy: str = "auto"  # auto | ddp | fsdp
+    devices: Any = "auto"
+    accelerator: str = "auto"
+    precision: str = "32-true"  # bf16-mixed on GPUs
+    accumulate_grad_batches: int = 1
+    ema_decay: float | None = 0.999
+    checkpoint_every: int = 500
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    wandb: str = "offline"  # offline | online | disabled
+    project: str = "vla"
+    csv: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "quickstart"
+    output_dir: str = "outputs/runs"
+    model: ModelSection = field(default_factory=ModelSection)
+    processor: ProcessorSection = field(default_factory=ProcessorSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """Defaults, then the YAML file, then the dotted overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file must hold a mapping at the top level")
+        raw = loaded
+    for override in overrides:
+        key, separator, value = override.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"override {override!r} must look like section.key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    return _build(TrainConfig, raw, "")
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    tree[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {where + close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"unknown config key {where + key!r}{hint}; valid keys: {', '.join(fields)}"
+            )
+        values[key] = _coerce(hints[key], value, f"{where}{key}")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where + ".")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        return _coerce(next(option for option in options if option is not type(None)), value, where)
+    if hint is Any or origin is dict:
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if (
+        hint in (int, float, str, bool)
+        and not isinstance(value, hint)
+        or (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value

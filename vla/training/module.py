@@ -1,0 +1,148 @@
+"""The Lightning pieces: a LightningModule around `VLAModel.compute_loss` and a data module
+around `data.torch_dataset.ActionChunkDataset`."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from data.torch_dataset import ActionChunkDataset
+from vla.config import VLAConfig
+from vla.model import VLAModel
+from vla.processor import Processor
+from vla.training.config import TrainConfig
+
+
+class VLATrainingModule(L.LightningModule):
+    def __init__(
+        self, train_config: TrainConfig, model_config: VLAConfig, processor: Processor
+    ) -> None:
+        super().__init__()
+        self.train_config = train_config
+        self.model = VLAModel(model_config)
+        self.processor = processor
+        if train_config.optim.backbone_lr_scale == 0:
+            self.model.backbone.requires_grad_(False)
+
+    def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
+        # Reasoning dropout draws from a generator keyed by step and rank, so a resumed run
+        # drops exactly what the uninterrupted run would have.
+        rng = np.random.default_rng(
+            [self.train_config.trainer.seed, self.global_step, self.global_rank]
+        )
+        inputs, actions, action_is_pad = self.processor.training_inputs(batch, rng)
+        losses = self.model.compute_loss(inputs, actions, action_is_pad)
+        batch_size = actions.shape[0]
+        self.log_dict(
+            {f"train/{name}": value for name, value in losses.items()},
+            prog_bar=True,
+            batch_size=batch_size,
+        )
+        return losses["loss"]
+
+    def validation_step(self, batch: dict, batch_index: int) -> None:
+        rng = np.random.default_rng([self.train_config.trainer.seed, batch_index])
+        inputs, actions, action_is_pad = self.processor.training_inputs(batch, rng)
+        generator = torch.Generator(device=actions.device).manual_seed(batch_index)
+        noise = torch.randn(
+            actions.shape, generator=generator, device=actions.device, dtype=actions.dtype
+        )
+        losses = self.model.compute_loss(inputs, actions, action_is_pad, noise=noise)
+        self.log_dict(
+            {f"val/{name}": value for name, value in losses.items()},
+            batch_size=actions.shape[0],
+            sync_dist=True,
+        )
+
+    def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return type
+        optim = self.train_config.optim
+        backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        rest = [
+            p
+            for name, p in self.model.named_parameters()
+            if p.requires_grad and not name.startswith("backbone.")
+        ]
+        groups = [{"params": rest, "lr": optim.lr}]
+        if backbone:
+            groups.append({"params": backbone, "lr": optim.lr * optim.backbone_lr_scale})
+        optimizer = torch.optim.AdamW(
+            groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+        )
+        total = self.train_config.trainer.max_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(step, optim.warmup_steps, total, optim.min_lr_ratio),
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine down to `floor` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class VLADataModule(L.LightningDataModule):
+    def __init__(self, train_config: TrainConfig, model_config: VLAConfig) -> None:
+        super().__init__()
+        self.train_config = train_config
+        self.model_config = model_config
+
+    def setup(self, stage: str | None = None) -> None:
+        data = self.train_config.data
+        full = ActionChunkDataset(
+            data.path,
+            action_horizon=self.model_config.action_horizon,
+            cameras=list(self.model_config.cameras),
+        )
+        episodes = [episode.index for episode in full.reader.episodes]
+        held_out = (
+            episodes[len(episodes) - data.validation_episodes :] if data.validation_episodes else []
+        )
+        if len(held_out) >= len(episodes):
+            raise ValueError(
+                f"{data.path}: validation_episodes={data.validation_episodes} leaves no training episodes"
+            )
+        training = [index for index in episodes if index not in held_out]
+        self.train_set = ActionChunkDataset(
+            full.reader,
+            action_horizon=self.model_config.action_horizon,
+            episodes=training,
+            cameras=list(self.model_config.cameras),
+        )
+        self.val_set = (
+            ActionChunkDataset(
+                full.reader,
+                action_horizon=self.model_config.action_horizon,
+                episodes=held_out,
+                cameras=list(self.model_config.cameras),
+            )
+            if held_out
+            else None
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        data = self.train_config.data
+        return DataLoader(
+            self.train_set,
+            batch_size=data.batch_size,
+            shuffle=True,
+            num_workers=data.num_workers,
+            persistent_workers=data.num_workers > 0,
+            drop_last=len(self.train_set) > data.batch_size,
+            generator=torch.Generator().manual_seed(self.train_config.trainer.seed),
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=self.train_config.data.batch_size, num_workers=0)

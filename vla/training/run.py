@@ -1,0 +1,165 @@
+"""One training run: data, tokenizer and model set up from a `TrainConfig`, Lightning `fit`,
+periodic resumable checkpoints, and the deployable checkpoint exported at the end.
+
+Run directory (`<output_dir>/<name>/`): `resolved_config.yaml`, `tokenizer/`,
+`checkpoints/last.ckpt` (+ periodic ones; Lightning format, for resuming), `logs/` (CSV and
+wandb), and `export/` (DESIGN.md checkpoint: loads with `VLAPolicy.from_pretrained`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from data.reader import LeRobotDatasetReader
+from vla.checkpoint import save_checkpoint
+from vla.config import VLAConfig
+from vla.processor import Processor, ProcessorConfig
+from vla.tokenizer import load_tokenizer, train_tokenizer
+from vla.training.config import TrainConfig, save_config
+from vla.training.module import VLADataModule, VLATrainingModule
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each Lightning checkpoint to a temporary file and renames it into place, so a run
+    killed mid-write never leaves a truncated `last.ckpt`."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.partial")
+        super().save_checkpoint(checkpoint, temporary, storage_options)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+
+
+def model_config_for(config: TrainConfig) -> VLAConfig:
+    return VLAConfig.named(config.model.name, **config.model.overrides)
+
+
+def build_tokenizer(config: TrainConfig, reader: LeRobotDatasetReader, directory: Path) -> Any:
+    """The run's tokenizer: reused from `directory` when resuming, else trained on the dataset's
+    instructions and a sample of its reasoning text."""
+    if (directory / "tokenizer.json").exists():
+        return load_tokenizer(directory)
+    corpus = list(reader.tasks)
+    table = reader.table
+    for key in ("reasoning.plan", "reasoning.subtask", "reasoning.move", "reasoning.objects"):
+        if key in table.column_names:
+            corpus.extend(sorted(set(table[key].to_pylist()))[:2000])
+    tokenizer = train_tokenizer(corpus, vocab_size=config.processor.tokenizer_vocab_size)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    """Train, then export the deployable checkpoint; returns its directory."""
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "resolved_config.yaml")
+    L.seed_everything(config.trainer.seed, workers=True)
+    model_config = model_config_for(config)
+    reader = LeRobotDatasetReader(config.data.path)
+    missing = [c for c in model_config.cameras if f"observation.images.{c}" not in reader.features]
+    if missing:
+        raise ValueError(
+            f"{config.data.path}: the model wants cameras {missing} the dataset does not have"
+        )
+    tokenizer = build_tokenizer(config, reader, run_dir / "tokenizer")
+    vocabulary = model_config.backbone_config.get("text_config", {}).get("vocab_size")
+    if vocabulary is not None and len(tokenizer) > vocabulary:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the backbone's vocabulary is {vocabulary}"
+        )
+    processor_config = ProcessorConfig(
+        state_norm=config.processor.state_norm,
+        action_norm=config.processor.action_norm,
+        reasoning_dropout=config.processor.reasoning_dropout,
+        tag_dropout=config.processor.tag_dropout,
+    )
+    stats = reader.stats
+    processor = Processor(model_config, processor_config, stats, tokenizer)
+    module = VLATrainingModule(config, model_config, processor)
+    data = VLADataModule(config, model_config)
+
+    trainer = L.Trainer(
+        max_steps=config.trainer.max_steps,
+        accelerator=config.trainer.accelerator,
+        devices=config.trainer.devices,
+        strategy=config.trainer.strategy,
+        precision=config.trainer.precision,
+        gradient_clip_val=config.optim.grad_clip,
+        accumulate_grad_batches=config.trainer.accumulate_grad_batches,
+        log_every_n_steps=config.trainer.log_every,
+        logger=_loggers(config, run_dir),
+        callbacks=_callbacks(config, run_dir),
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+        enable_model_summary=False,
+        limit_val_batches=1.0 if config.data.validation_episodes else 0,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
+    export_dir = run_dir / "export"
+    if trainer.is_global_zero:
+        save_checkpoint(
+            export_dir,
+            module.model,
+            model_config,
+            {
+                key: {name: value.tolist() for name, value in values.items()}
+                for key, values in stats.items()
+            },
+            processor=processor_config.to_dict(),
+            tokenizer_dir=run_dir / "tokenizer",
+            train_config=config.to_dict(),
+        )
+    return export_dir
+
+
+def _loggers(config: TrainConfig, run_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    loggers = []
+    if config.logging.csv:
+        loggers.append(CSVLogger(str(run_dir / "logs"), name="csv", version=""))
+    if config.logging.wandb != "disabled":
+        loggers.append(
+            WandbLogger(
+                project=config.logging.project,
+                name=config.name,
+                save_dir=str(run_dir / "logs"),
+                offline=config.logging.wandb == "offline",
+            )
+        )
+    return loggers
+
+
+def _callbacks(config: TrainConfig, run_dir: Path) -> list:
+    from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+
+    callbacks: list = [
+        ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            every_n_train_steps=config.trainer.checkpoint_every,
+            save_last=True,
+            save_top_k=-1,
+            filename="{step}",
+        ),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if config.trainer.ema_decay is not None:
+        callbacks.append(EMAWeightAveraging(decay=config.trainer.ema_decay))
+    if torch.cuda.is_available() or os.environ.get("VLA_RICH_PROGRESS", "1") == "1":
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar())
+    return callbacks
