@@ -11,6 +11,7 @@ the PNG of each sample (~1 ms per 128x128 frame) — `frame_cache=` forces eithe
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -217,8 +218,10 @@ def decoded_frame_cache(reader: LeRobotDatasetReader, key: str) -> Path:
     path = cache_dir / name
     if not path.exists():
         for stale in cache_dir.glob(f"{key}-*.npy"):
-            stale.unlink()
-        partial = path.with_name(path.name + ".partial")
+            if stale != path:
+                stale.unlink(missing_ok=True)
+        # unique per process: DDP ranks building the same cache at once must not share a file
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         frames = np.lib.format.open_memmap(
             partial, mode="w+", dtype=np.uint8, shape=(reader.num_frames, *feature.shape)
         )

@@ -101,7 +101,8 @@ def test_training_learns_resumes_and_exports(write_dataset, tmp_path: Path) -> N
     )
 
     assert (
-        yaml.safe_load((run_dir / "resolved_config.yaml").read_text())["trainer"]["max_steps"] == 100
+        yaml.safe_load((run_dir / "resolved_config.yaml").read_text())["trainer"]["max_steps"]
+        == 100
     )
     policy = VLAPolicy.from_pretrained(export)
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import math
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from data.torch_dataset import ActionChunkDataset
 from vla.config import VLAConfig
@@ -29,13 +29,17 @@ class VLATrainingModule(L.LightningModule):
             self.model.backbone.requires_grad_(False)
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
-        # Reasoning dropout draws from a generator keyed by step and rank, so a resumed run
-        # drops exactly what the uninterrupted run would have.
-        rng = np.random.default_rng(
-            [self.train_config.trainer.seed, self.global_step, self.global_rank]
+        # Every random draw of a step (reasoning dropout, flow noise and time) comes from seeds
+        # keyed by (seed, step, rank), so a resumed run draws exactly what the uninterrupted
+        # run would have drawn at the same step.
+        step_seed = [self.train_config.trainer.seed, self.global_step, self.global_rank]
+        inputs, actions, action_is_pad = self.processor.training_inputs(
+            batch, np.random.default_rng(step_seed)
         )
-        inputs, actions, action_is_pad = self.processor.training_inputs(batch, rng)
-        losses = self.model.compute_loss(inputs, actions, action_is_pad)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(np.random.SeedSequence(step_seed).generate_state(1)[0]))
+            losses = self.model.compute_loss(inputs, actions, action_is_pad)
         batch_size = actions.shape[0]
         self.log_dict(
             {f"train/{name}": value for name, value in losses.items()},
@@ -57,6 +61,18 @@ class VLATrainingModule(L.LightningModule):
             batch_size=actions.shape[0],
             sync_dist=True,
         )
+
+    def on_train_end(self) -> None:
+        """Under several processes, check that every replica ended with the same weights."""
+        if self.trainer.world_size < 2:
+            return
+        vector = torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().float()
+        checksums = self.all_gather(
+            torch.stack(
+                [vector.sum(), vector.abs().sum(), vector[:: max(1, len(vector) // 997)].sum()]
+            )
+        )
+        self.replica_checksums = checksums.cpu().tolist()  # (world_size, 3)
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return type
         optim = self.train_config.optim
@@ -131,15 +147,25 @@ class VLADataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled by a sampler seeded with (seed, epoch) — Lightning calls `set_epoch` — so the
+        order of every epoch is the same in a resumed run; each rank reads its own share."""
         data = self.train_config.data
+        trainer = self.trainer
+        sampler = DistributedSampler(
+            self.train_set,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            shuffle=True,
+            seed=self.train_config.trainer.seed,
+            drop_last=True,
+        )
         return DataLoader(
             self.train_set,
             batch_size=data.batch_size,
-            shuffle=True,
+            sampler=sampler,
             num_workers=data.num_workers,
             persistent_workers=data.num_workers > 0,
             drop_last=len(self.train_set) > data.batch_size,
-            generator=torch.Generator().manual_seed(self.train_config.trainer.seed),
         )
 
     def val_dataloader(self) -> DataLoader | list:

@@ -8,6 +8,7 @@ wandb), and `export/` (DESIGN.md checkpoint: loads with `VLAPolicy.from_pretrain
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -105,11 +106,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         default_root_dir=str(run_dir),
         enable_model_summary=False,
         limit_val_batches=1.0 if config.data.validation_episodes else 0,
+        use_distributed_sampler=False,  # the data module builds its own epoch-seeded sampler
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
     export_dir = run_dir / "export"
     if trainer.is_global_zero:
+        _write_run_info(run_dir, config, trainer, module)
         save_checkpoint(
             export_dir,
             module.model,
@@ -123,6 +126,24 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             train_config=config.to_dict(),
         )
     return export_dir
+
+
+def _write_run_info(
+    run_dir: Path, config: TrainConfig, trainer: L.Trainer, module: VLATrainingModule
+) -> None:
+    """What a reader of the run needs to trust it: world size, effective batch, replica sync."""
+    world = trainer.world_size
+    info = {
+        "world_size": world,
+        "per_device_batch_size": config.data.batch_size,
+        "effective_batch_size": config.data.batch_size
+        * world
+        * config.trainer.accumulate_grad_batches,
+        "global_step": trainer.global_step,
+        "epochs_completed": trainer.current_epoch,
+        "replica_checksums": getattr(module, "replica_checksums", None),
+    }
+    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
 def _loggers(config: TrainConfig, run_dir: Path) -> list:
