@@ -94,7 +94,9 @@ def test_training_learns_resumes_and_exports(write_dataset, tmp_path: Path) -> N
     )
     assert checkpoint["global_step"] == 100
 
-    values = losses(read_metrics(run_dir))
+    rows = read_metrics(run_dir)
+    assert any(float(row.get("train/device/samples_per_sec") or 0) > 0 for row in rows), "throughput is logged"
+    values = losses(rows)
     start, end = np.mean(values[:3]), np.mean(values[-3:])
     assert end < start / 1.5, (
         f"training loss went from {start:.3f} to {end:.3f}; expected a 1.5x drop"
@@ -116,3 +118,14 @@ def test_training_learns_resumes_and_exports(write_dataset, tmp_path: Path) -> N
     assert chunk.shape == (1, 10, 7) and np.isfinite(chunk).all()
     chunk, thoughts = policy.predict_chunk([obs], think=True)
     assert isinstance(thoughts[0], str)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.stem
+)
+def test_every_shipped_config_loads_and_names_a_model(path: Path) -> None:
+    from vla.config import VLAConfig
+
+    config = load_config(path)
+    model_config = VLAConfig.named(config.model.name, **config.model.overrides)
+    assert model_config.action_horizon >= 1 and config.trainer.max_steps > 0

@@ -165,7 +165,12 @@ def _loggers(config: TrainConfig, run_dir: Path) -> list:
 
 
 def _callbacks(config: TrainConfig, run_dir: Path) -> list:
-    from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import (
+        EMAWeightAveraging,
+        LearningRateMonitor,
+        ModelCheckpoint,
+        ThroughputMonitor,
+    )
 
     callbacks: list = [
         ModelCheckpoint(
@@ -177,6 +182,10 @@ def _callbacks(config: TrainConfig, run_dir: Path) -> list:
         ),
         LearningRateMonitor(logging_interval="step"),
     ]
+    # samples/s (and, where Lightning knows the device's peak FLOPs, MFU) in the logs
+    callbacks.append(
+        ThroughputMonitor(batch_size_fn=lambda batch: batch["action"].shape[0], window_size=20)
+    )
     if config.trainer.ema_decay is not None:
         callbacks.append(EMAWeightAveraging(decay=config.trainer.ema_decay))
     if torch.cuda.is_available() or os.environ.get("VLA_RICH_PROGRESS", "1") == "1":
