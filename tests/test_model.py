@@ -221,3 +221,20 @@ def test_config_errors_suggest_fixes() -> None:
     with pytest.raises(ValueError, match="image_size=32"):
         VLAModel(VLAConfig.named("tiny", image_size=32))
     assert VLAConfig.from_dict(VLAConfig.named("tiny").to_dict()) == VLAConfig.named("tiny")
+
+
+def test_activation_checkpointing_gives_the_same_gradients() -> None:
+    inputs = fake_inputs(VLAConfig.named("tiny"))
+    actions = torch.randn(3, 10, 7, generator=torch.Generator().manual_seed(7))
+    noise, time = torch.randn_like(actions), torch.tensor([0.2, 0.5, 0.8])
+    gradients = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = VLAModel(VLAConfig.named("tiny", activation_checkpointing=checkpointing)).train()
+        model.compute_loss(inputs, actions, noise=noise, time=time)["loss"].backward()
+        gradients.append(
+            {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        )
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, atol=1e-6, rtol=1e-5, msg=name)

@@ -95,7 +95,9 @@ def test_training_learns_resumes_and_exports(write_dataset, tmp_path: Path) -> N
     assert checkpoint["global_step"] == 100
 
     rows = read_metrics(run_dir)
-    assert any(float(row.get("train/device/samples_per_sec") or 0) > 0 for row in rows), "throughput is logged"
+    assert any(float(row.get("train/device/samples_per_sec") or 0) > 0 for row in rows), (
+        "throughput is logged"
+    )
     values = losses(rows)
     start, end = np.mean(values[:3]), np.mean(values[-3:])
     assert end < start / 1.5, (

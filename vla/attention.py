@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
 
@@ -178,8 +179,12 @@ def joint_forward(
     mask: torch.Tensor,
     suffix: torch.Tensor,
     causal: torch.Tensor | None = None,
+    activation_checkpointing: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefix and suffix through both stacks in one pass (the training path; no cache)."""
+    """Prefix and suffix through both stacks in one pass (the training path; no cache).
+
+    `activation_checkpointing` trades compute for memory on large configs: each layer pair's
+    activations are recomputed during the backward pass instead of being kept."""
     prefix_length, suffix_length = prefix.shape[1], suffix.shape[1]
     prefix_pos = prefix_positions(mask)
     suffix_pos = mask.sum(dim=1)[:, None] + torch.arange(suffix_length, device=suffix.device)[None]
@@ -195,15 +200,39 @@ def joint_forward(
         dim=2,
     )
     allowed = torch.cat([prefix_rows, _suffix_allowed(mask, suffix_length)], dim=1)  # (B, P+S, P+S)
-    prefix_hidden, suffix_hidden = prefix, suffix
-    for backbone_layer, expert_layer in zip(backbone_layers, expert_layers, strict=True):
+
+    def layer_pair(
+        backbone_layer: nn.Module,
+        expert_layer: nn.Module,
+        prefix_hidden: torch.Tensor,
+        suffix_hidden: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         qp, kp, vp = _project(backbone_layer, prefix_hidden, prefix_cos, prefix_sin, geometry)
         qs, ks, vs = _project(expert_layer, suffix_hidden, suffix_cos, suffix_sin, geometry)
         attended = _attend(
             torch.cat([qp, qs], 2), torch.cat([kp, ks], 2), torch.cat([vp, vs], 2), allowed
         )
-        prefix_hidden = _finish(backbone_layer, prefix_hidden, attended[:, :prefix_length])
-        suffix_hidden = _finish(expert_layer, suffix_hidden, attended[:, prefix_length:])
+        return (
+            _finish(backbone_layer, prefix_hidden, attended[:, :prefix_length]),
+            _finish(expert_layer, suffix_hidden, attended[:, prefix_length:]),
+        )
+
+    prefix_hidden, suffix_hidden = prefix, suffix
+    for backbone_layer, expert_layer in zip(backbone_layers, expert_layers, strict=True):
+        if activation_checkpointing and torch.is_grad_enabled():
+            # keep only each layer pair's inputs; recompute its activations in the backward pass
+            prefix_hidden, suffix_hidden = torch.utils.checkpoint.checkpoint(
+                layer_pair,
+                backbone_layer,
+                expert_layer,
+                prefix_hidden,
+                suffix_hidden,
+                use_reentrant=False,
+            )
+        else:
+            prefix_hidden, suffix_hidden = layer_pair(
+                backbone_layer, expert_layer, prefix_hidden, suffix_hidden
+            )
     return prefix_hidden, suffix_hidden
 
 

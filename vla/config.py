@@ -47,6 +47,8 @@ class VLAConfig:
     num_inference_steps: int = 10
     flow_time_beta: tuple[float, float] = (1.5, 1.0)  # t ~ Beta(a, b), as pi0 samples it
     diffusion_train_steps: int = 100
+    # --- memory: recompute each layer's activations in the backward pass (large configs)
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -157,6 +159,7 @@ NAMED_CONFIGS: dict[str, VLAConfig] = {
     ),
     "pi0": VLAConfig(
         backbone_config=PI0_PALIGEMMA,
+        activation_checkpointing=True,
         image_size=224,
         max_text_tokens=48,
         expert_hidden_size=1024,

@@ -129,6 +129,7 @@ class VLAModel(nn.Module):
             mask,
             suffix,
             causal,
+            activation_checkpointing=self.config.activation_checkpointing,
         )
         return prefix_hidden, self.expert.readout(suffix_hidden)
 
