@@ -131,3 +131,36 @@ def test_every_shipped_config_loads_and_names_a_model(path: Path) -> None:
     config = load_config(path)
     model_config = VLAConfig.named(config.model.name, **config.model.overrides)
     assert model_config.action_horizon >= 1 and config.trainer.max_steps > 0
+
+
+def test_lora_trains_adapters_only_and_merges_into_a_plain_model() -> None:
+    from test_model import fake_inputs
+
+    from vla.config import VLAConfig
+    from vla.model import VLAModel
+    from vla.training.lora import add_lora, merge_lora
+
+    torch.manual_seed(0)
+    model = VLAModel(VLAConfig.named("tiny")).train()
+    plain_keys = set(model.state_dict())
+    frozen_before = {name: p.detach().clone() for name, p in model.backbone.named_parameters()}
+    trainable = add_lora(model.backbone, rank=4, alpha=8.0)
+    assert 0 < trainable < sum(p.numel() for p in frozen_before.values()) / 10
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    inputs = fake_inputs(model.config)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model.compute_loss(inputs, torch.randn(3, 10, 7))["loss"].backward()
+        optimizer.step()
+    for name, parameter in model.backbone.named_parameters():
+        if "lora_" not in name:
+            base = name.replace("base_layer.", "")
+            torch.testing.assert_close(parameter, frozen_before[base], atol=0, rtol=0, msg=name)
+    model.eval()
+    noise = torch.randn(3, 10, 7)
+    with_adapters = model.sample_actions(inputs, noise=noise)
+    assert merge_lora(model) == 4 * 7  # 4 layers x (q, k, v, o, gate, up, down)
+    assert set(model.state_dict()) == plain_keys, "the merged model is a plain VLAModel"
+    torch.testing.assert_close(
+        model.sample_actions(inputs, noise=noise), with_adapters, atol=1e-5, rtol=1e-5
+    )

@@ -55,6 +55,8 @@ class OptimSection:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
     backbone_lr_scale: float = 1.0  # 0 freezes the backbone
+    lora_rank: int = 0  # > 0: train LoRA adapters (peft) instead of the backbone's weights
+    lora_alpha: float = 16.0
 
 
 @dataclass(frozen=True)

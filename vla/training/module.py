@@ -27,6 +27,12 @@ class VLATrainingModule(L.LightningModule):
         self.processor = processor
         if train_config.optim.backbone_lr_scale == 0:
             self.model.backbone.requires_grad_(False)
+        elif train_config.optim.lora_rank > 0:
+            from vla.training.lora import add_lora
+
+            add_lora(
+                self.model.backbone, train_config.optim.lora_rank, train_config.optim.lora_alpha
+            )
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
         # Every random draw of a step (reasoning dropout, flow noise and time) comes from seeds

@@ -113,6 +113,10 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     export_dir = run_dir / "export"
     if trainer.is_global_zero:
         _write_run_info(run_dir, config, trainer, module)
+        if config.optim.lora_rank > 0:
+            from vla.training.lora import merge_lora
+
+            merge_lora(module.model)  # the export is a plain VLAModel, loadable without peft
         save_checkpoint(
             export_dir,
             module.model,
