@@ -11,13 +11,14 @@ setup:
 setup-dev:
 	bash scripts/setup.sh dev,libero
 
-# The main job. Until training and evaluation land, it runs the data path end to end: the scripted
-# experts generate the quickstart dataset (with reasoning labels) in MuJoCo, `vla-data info`
-# validates and summarizes it, and one episode is rendered with its labels drawn on the frames.
+# The main job. Until evaluation lands: the scripted experts generate the quickstart dataset (with
+# reasoning labels) in MuJoCo, `vla-data info` validates and summarizes it, one episode is rendered
+# with its labels drawn on the frames, and the tiny model trains and exports a checkpoint.
 quickstart: setup
 	.venv/bin/vla-data generate --suite quickstart --episodes-per-task 10 --out $(QUICKSTART_DIR)/dataset
 	.venv/bin/vla-data info $(QUICKSTART_DIR)/dataset
 	.venv/bin/vla-data render-episode $(QUICKSTART_DIR)/dataset --episode 0 --out $(QUICKSTART_DIR)/episode0.mp4
+	$(PYTHON) train.py data.path=$(QUICKSTART_DIR)/dataset trainer.max_steps=300
 
 test: setup-dev
 	$(PYTHON) -m pytest -q
