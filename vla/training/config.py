@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from vla.processor import ProcessorConfig
+
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or holds a value of the wrong type."""
@@ -27,15 +29,7 @@ class ConfigError(ValueError):
 class ModelSection:
     name: str = "tiny"  # a named VLAConfig (vla/config.py)
     overrides: dict[str, Any] = field(default_factory=dict)  # VLAConfig fields to change
-
-
-@dataclass(frozen=True)
-class ProcessorSection:
-    state_norm: str = "mean_std"
-    action_norm: str = "mean_std"
-    reasoning_dropout: float = 0.5
-    tag_dropout: float = 0.1
-    tokenizer_vocab_size: int = 512  # for the byte-level BPE trained on the dataset's text
+    tokenizer_vocab_size: int = 512  # of the byte-level BPE trained on the dataset's text
 
 
 @dataclass(frozen=True)
@@ -85,7 +79,8 @@ class TrainConfig:
     name: str = "quickstart"
     output_dir: str = "outputs/runs"
     model: ModelSection = field(default_factory=ModelSection)
-    processor: ProcessorSection = field(default_factory=ProcessorSection)
+    # the policy's input/output transforms (normalization, reasoning dropout), saved with the export
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     trainer: TrainerSection = field(default_factory=TrainerSection)

@@ -20,7 +20,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from data.reader import LeRobotDatasetReader
 from vla.checkpoint import save_checkpoint
 from vla.config import VLAConfig
-from vla.processor import Processor, ProcessorConfig
+from vla.processor import Processor
 from vla.tokenizer import load_tokenizer, train_tokenizer
 from vla.training.config import TrainConfig, save_config
 from vla.training.module import VLADataModule, VLATrainingModule
@@ -56,7 +56,7 @@ def build_tokenizer(config: TrainConfig, reader: LeRobotDatasetReader, directory
     for key in ("reasoning.plan", "reasoning.subtask", "reasoning.move", "reasoning.objects"):
         if key in table.column_names:
             corpus.extend(sorted(set(table[key].to_pylist()))[:2000])
-    tokenizer = train_tokenizer(corpus, vocab_size=config.processor.tokenizer_vocab_size)
+    tokenizer = train_tokenizer(corpus, vocab_size=config.model.tokenizer_vocab_size)
     tokenizer.save_pretrained(directory)
     return tokenizer
 
@@ -80,12 +80,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but the backbone's vocabulary is {vocabulary}"
         )
-    processor_config = ProcessorConfig(
-        state_norm=config.processor.state_norm,
-        action_norm=config.processor.action_norm,
-        reasoning_dropout=config.processor.reasoning_dropout,
-        tag_dropout=config.processor.tag_dropout,
-    )
+    processor_config = config.processor
     stats = reader.stats
     processor = Processor(model_config, processor_config, stats, tokenizer)
     module = VLATrainingModule(config, model_config, processor)
