@@ -238,3 +238,17 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
     assert gradients[0].keys() == gradients[1].keys()
     for name, gradient in gradients[0].items():
         torch.testing.assert_close(gradients[1][name], gradient, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_ddpm_scheduler_samples_finite_chunks() -> None:
+    torch.manual_seed(0)
+    model = VLAModel(
+        VLAConfig.named(
+            "tiny", objective="diffusion", diffusion_scheduler="ddpm", num_inference_steps=5
+        )
+    ).eval()
+    chunk = model.sample_actions(fake_inputs(model.config))
+    assert chunk.shape == (3, model.config.action_horizon, 7) and torch.isfinite(chunk).all()
+    assert type(model.scheduler).__name__ == "DDPMScheduler"
+    with pytest.raises(ValueError, match="'ddim' or 'ddpm'"):
+        VLAConfig.named("tiny", diffusion_scheduler="euler")

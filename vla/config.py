@@ -47,10 +47,15 @@ class VLAConfig:
     num_inference_steps: int = 10
     flow_time_beta: tuple[float, float] = (1.5, 1.0)  # t ~ Beta(a, b), as pi0 samples it
     diffusion_train_steps: int = 100
+    diffusion_scheduler: str = "ddim"  # or "ddpm" (diffusers' schedulers; DDIM is deterministic)
     # --- memory: recompute each layer's activations in the backward pass (large configs)
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        if self.diffusion_scheduler not in ("ddim", "ddpm"):
+            raise ValueError(
+                f"diffusion_scheduler must be 'ddim' or 'ddpm', got {self.diffusion_scheduler!r}"
+            )
         if self.objective not in OBJECTIVES:
             raise ValueError(
                 f"objective must be one of {OBJECTIVES}, got {self.objective!r}{_did_you_mean(self.objective, OBJECTIVES)}"

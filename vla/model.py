@@ -51,9 +51,12 @@ class VLAModel(nn.Module):
         self.geometry = self.backbone.geometry
         self.expert = ActionExpert(config, self.geometry)
         if config.objective == "diffusion":
-            from diffusers import DDIMScheduler
+            from diffusers import DDIMScheduler, DDPMScheduler
 
-            self.scheduler = DDIMScheduler(
+            scheduler_class = (
+                DDIMScheduler if config.diffusion_scheduler == "ddim" else DDPMScheduler
+            )
+            self.scheduler = scheduler_class(
                 num_train_timesteps=config.diffusion_train_steps,
                 beta_schedule="squaredcos_cap_v2",
                 clip_sample=False,

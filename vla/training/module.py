@@ -47,12 +47,27 @@ class VLATrainingModule(L.LightningModule):
             torch.manual_seed(int(np.random.SeedSequence(step_seed).generate_state(1)[0]))
             losses = self.model.compute_loss(inputs, actions, action_is_pad)
         batch_size = actions.shape[0]
+        if not hasattr(self, "flops_per_batch"):
+            self.flops_per_batch = self._estimated_flops(inputs, batch_size)
         self.log_dict(
             {f"train/{name}": value for name, value in losses.items()},
             prog_bar=True,
             batch_size=batch_size,
         )
         return losses["loss"]
+
+    def _estimated_flops(self, inputs, batch_size: int) -> int:  # noqa: ANN001
+        """Training FLOPs per batch by the 6 * parameters * tokens rule, for the MFU that
+        Lightning's ThroughputMonitor logs on devices whose peak FLOPs it knows."""
+        with torch.no_grad():
+            images = sum(
+                self.model.backbone.embed_images(p[:1]).shape[1] for p in inputs.images.values()
+            )
+        reasoning = 0 if inputs.reasoning_ids is None else inputs.reasoning_ids.shape[1]
+        tokens = (
+            images + inputs.text_ids.shape[1] + reasoning + 1 + self.model.config.action_horizon
+        )
+        return int(6 * sum(p.numel() for p in self.model.parameters()) * tokens * batch_size)
 
     def validation_step(self, batch: dict, batch_index: int) -> None:
         rng = np.random.default_rng([self.train_config.trainer.seed, batch_index])
