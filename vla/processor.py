@@ -153,17 +153,7 @@ class Processor:
             raise ValueError(f"an image must be (H, W, 3) uint8, got shape {tuple(tensor.shape)}")
         if tensor.shape[-1] == 3 and tensor.shape[0] != 3:
             tensor = tensor.permute(2, 0, 1)
-        tensor = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
-        size = self.config.image_size
-        if tensor.shape[1:] != (size, size):
-            tensor = F.interpolate(
-                tensor[None],
-                size=(size, size),
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )[0]
-        return tensor * 2.0 - 1.0
+        return self.images(tensor[None])[0]
 
     def reasoning_text(self, frame: Mapping[str, Any], rng: np.random.Generator) -> str | None:
         """The training target for one frame's `reasoning.*` labels, after dropout; None = no chain."""
