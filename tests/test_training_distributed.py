@@ -37,14 +37,16 @@ def common(root: Path, output: Path, name: str) -> list[str]:
     ]
 
 
-def run_train_py(overrides: list[str], env: dict | None = None) -> subprocess.Popen:
+def run_train_py(overrides: list[str], log: Path | None = None) -> subprocess.Popen:
+    """`train.py` in a child process; its output goes to `log` (a file nobody has to drain
+    while the test polls) or to a pipe read with `communicate`."""
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *overrides],
         cwd=REPO,
-        stdout=subprocess.PIPE,
+        stdout=open(log, "w") if log else subprocess.PIPE,  # noqa: SIM115 - closed with the process
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "VLA_RICH_PROGRESS": "0", **(env or {})},
+        env={**os.environ, "VLA_RICH_PROGRESS": "0"},
     )
 
 
@@ -53,10 +55,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(write_dataset, tmp_pat
     settings = ["trainer.max_steps=60", "trainer.checkpoint_every=15"]
     straight = load_config(None, [*common(root, tmp_path, "straight"), *settings])
     uninterrupted = run_train_py([*common(root, tmp_path, "straight"), *settings])
-    assert uninterrupted.wait(timeout=900) == 0, uninterrupted.communicate()[0][-3000:]
+    output = uninterrupted.communicate(timeout=900)[0]  # drain the pipe while waiting
+    assert uninterrupted.returncode == 0, output[-3000:]
 
     killed = load_config(None, [*common(root, tmp_path, "killed"), *settings])
-    process = run_train_py([*common(root, tmp_path, "killed"), *settings])
+    log = tmp_path / "killed.log"
+    process = run_train_py([*common(root, tmp_path, "killed"), *settings], log=log)
     marker = killed.run_dir / "checkpoints" / "step=30.ckpt"
     last = killed.run_dir / "checkpoints" / "last.ckpt"
 
@@ -71,8 +75,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(write_dataset, tmp_pat
     while not resumable_from_step_30() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
-    output = process.communicate()[0]
-    assert marker.exists(), output[-3000:]
+    process.wait()
+    assert marker.exists(), log.read_text()[-3000:]
     interrupted_at = torch.load(
         killed.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
     )["global_step"]
@@ -82,7 +86,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(write_dataset, tmp_pat
     assert not (killed.run_dir / "export").exists()
 
     resumed_run = run_train_py([*common(root, tmp_path, "killed"), *settings, "--resume"])
-    assert resumed_run.wait(timeout=900) == 0, resumed_run.communicate()[0][-3000:]
+    output = resumed_run.communicate(timeout=900)[0]
+    assert resumed_run.returncode == 0, output[-3000:]
     expected = load_file(straight.run_dir / "export" / "model.safetensors")
     resumed = load_file(killed.run_dir / "export" / "model.safetensors")
     assert expected.keys() == resumed.keys()
