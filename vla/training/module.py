@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from data.reader import LeRobotDatasetReader
 from data.torch_dataset import ActionChunkDataset
 from vla.config import VLAConfig
 from vla.model import VLAModel
@@ -129,19 +130,23 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
 
 
 class VLADataModule(L.LightningDataModule):
-    def __init__(self, train_config: TrainConfig, model_config: VLAConfig) -> None:
+    def __init__(
+        self,
+        train_config: TrainConfig,
+        model_config: VLAConfig,
+        reader: LeRobotDatasetReader | None = None,
+    ) -> None:
+        """`reader`: the dataset already opened by the caller, so its tables are read once."""
         super().__init__()
         self.train_config = train_config
         self.model_config = model_config
+        self.reader = reader
 
     def setup(self, stage: str | None = None) -> None:
         data = self.train_config.data
-        full = ActionChunkDataset(
-            data.path,
-            action_horizon=self.model_config.action_horizon,
-            cameras=list(self.model_config.cameras),
-        )
-        episodes = [episode.index for episode in full.reader.episodes]
+        if self.reader is None:
+            self.reader = LeRobotDatasetReader(data.path)
+        episodes = [episode.index for episode in self.reader.episodes]
         held_out = (
             episodes[len(episodes) - data.validation_episodes :] if data.validation_episodes else []
         )
@@ -149,16 +154,16 @@ class VLADataModule(L.LightningDataModule):
             raise ValueError(
                 f"{data.path}: validation_episodes={data.validation_episodes} leaves no training episodes"
             )
-        training = [index for index in episodes if index not in held_out]
+        training = episodes[: len(episodes) - len(held_out)]
         self.train_set = ActionChunkDataset(
-            full.reader,
+            self.reader,
             action_horizon=self.model_config.action_horizon,
             episodes=training,
             cameras=list(self.model_config.cameras),
         )
         self.val_set = (
             ActionChunkDataset(
-                full.reader,
+                self.reader,
                 action_horizon=self.model_config.action_horizon,
                 episodes=held_out,
                 cameras=list(self.model_config.cameras),

@@ -84,7 +84,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     stats = reader.stats
     processor = Processor(model_config, processor_config, stats, tokenizer)
     module = VLATrainingModule(config, model_config, processor)
-    data = VLADataModule(config, model_config)
+    data = VLADataModule(config, model_config, reader)
 
     trainer = L.Trainer(
         max_steps=config.trainer.max_steps,
