@@ -12,6 +12,7 @@ are varied by Gaussian action noise and jittered heights, seeded, so they are no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -220,3 +221,27 @@ class ScriptedExpert:
             [[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]]
         )
         return rotation_z @ self.reference_rotation
+
+
+def rollout(
+    env: TabletopEnv,
+    expert_seed: int,
+    *,
+    scene_seed: int | None = None,
+    init_state: int | None = None,
+    before_step: Callable[[dict, ExpertStep], None] | None = None,
+) -> bool:
+    """Reset to training scene `scene_seed` (or evaluation init state `init_state`), run the
+    expert until the episode ends, and return whether it succeeded. `before_step(observation,
+    step)` sees every frame together with the action about to be taken (for recording)."""
+    options = {"init_state": init_state} if init_state is not None else None
+    observation, info = env.reset(seed=scene_seed, options=options)
+    expert = ScriptedExpert(env, seed=expert_seed)
+    for _ in range(env.max_episode_steps):
+        step = expert.act()
+        if before_step is not None:
+            before_step(observation, step)
+        observation, _, terminated, truncated, info = env.step(step.action)
+        if terminated or truncated:
+            break
+    return bool(info["success"])

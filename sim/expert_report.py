@@ -34,22 +34,16 @@ class TaskResult:
 def evaluate_expert(suite: str, task: str, episodes: int = NUM_INIT_STATES) -> TaskResult:
     """Run the expert once from each of the task's first `episodes` evaluation init states."""
     os.environ.setdefault("MUJOCO_GL", "egl")
-    from sim.expert import ScriptedExpert
+    from sim.expert import rollout
     from sim.registry import make
 
     env = make(suite, task, render_images=False)
     successes, lengths, failed = 0, [], []
     for init_state in range(episodes):
-        env.reset(options={"init_state": init_state})
-        expert = ScriptedExpert(env, seed=init_state)
-        info = {"success": False}
-        for _ in range(env.max_episode_steps):
-            _, _, terminated, truncated, info = env.step(expert.act().action)
-            if terminated or truncated:
-                break
-        successes += int(info["success"])
+        success = rollout(env, expert_seed=init_state, init_state=init_state)
+        successes += int(success)
         lengths.append(env.steps)
-        if not info["success"]:
+        if not success:
             failed.append(init_state)
     env.close()
     return TaskResult(

@@ -84,7 +84,7 @@ _ENVS: dict[tuple[str, str, tuple[int, int]], Any] = {}
 
 def run_episode(job: EpisodeJob) -> EpisodeResult:
     """Roll out the scripted expert once and record frames, actions and reasoning labels."""
-    from sim.expert import ScriptedExpert
+    from sim.expert import ExpertStep, rollout
     from sim.labels import EpisodeLabeler
     from sim.registry import make
 
@@ -92,13 +92,10 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
     if key not in _ENVS:
         _ENVS[key] = make(job.suite, job.task, image_size=job.image_size)
     env = _ENVS[key]
-    observation, _ = env.reset(seed=job.seed)
-    expert = ScriptedExpert(env, seed=job.seed)
     labeler = EpisodeLabeler(env)
     frames: dict[str, list[Any]] = collections.defaultdict(list)
-    info: dict[str, Any] = {"success": False}
-    for _ in range(env.max_episode_steps):
-        step = expert.act()
+
+    def record(observation: dict[str, Any], step: ExpertStep) -> None:
         labeler.record(step.action, step.subtask_index)
         for key_name in (
             "observation.images.agentview",
@@ -107,11 +104,10 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
         ):
             frames[key_name].append(observation[key_name])
         frames["action"].append(step.action)
-        observation, _, terminated, truncated, info = env.step(step.action)
-        if terminated or truncated:
-            break
+
+    success = rollout(env, job.seed, scene_seed=job.seed, before_step=record)
     length = len(frames["action"])
-    if not info["success"]:
+    if not success:
         return EpisodeResult(job.task, job.seed, False, length)
     columns = {key_name: np.stack(values) for key_name, values in frames.items()}
     columns.update(labeler.columns())

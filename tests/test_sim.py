@@ -11,7 +11,7 @@ import sim
 from data.reasoning import Reasoning
 from sim.camera import project
 from sim.env import CAMERAS, TabletopEnv
-from sim.expert import ScriptedExpert
+from sim.expert import ExpertStep, rollout
 from sim.labels import EpisodeLabeler, gripper_pixel, motion_primitive, visible_objects
 from sim.suites import SUITE_TASKS
 
@@ -30,18 +30,12 @@ def run_expert(
     seed: int = 0,
     labeler: EpisodeLabeler | None = None,
 ) -> bool:
-    options = {"init_state": init_state} if init_state is not None else None
-    env.reset(seed=seed, options=options)
-    expert = ScriptedExpert(env, seed=seed)
-    info = {"success": False}
-    for _ in range(env.max_episode_steps):
-        step = expert.act()
-        if labeler is not None:
-            labeler.record(step.action, step.subtask_index)
-        _, _, terminated, truncated, info = env.step(step.action)
-        if terminated or truncated:
-            break
-    return bool(info["success"])
+    def label(observation: dict, step: ExpertStep) -> None:
+        labeler.record(step.action, step.subtask_index)
+
+    return rollout(
+        env, seed, scene_seed=seed, init_state=init_state, before_step=label if labeler else None
+    )
 
 
 # ---------------------------------------------------------------------- registry and API
