@@ -49,7 +49,6 @@ the same scene every time it is used, whatever ran before it.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import io
 import re
@@ -60,7 +59,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from sim.registry import SuiteSpec, register_suite
+from sim.registry import SuiteSpec, did_you_mean, register_suite
 from sim.spaces import action_space, observation_space
 
 # Published maximum episode lengths (LIBERO paper / openpi's LIBERO example), settle steps excluded.
@@ -99,8 +98,7 @@ def _import_libero() -> Any:
 
 def _check_suite(suite: str) -> None:
     if suite not in SUITE_MAX_EPISODE_STEPS:
-        close = difflib.get_close_matches(suite, list(SUITE_MAX_EPISODE_STEPS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(suite, SUITE_MAX_EPISODE_STEPS)
         raise KeyError(
             f"unknown LIBERO suite {suite!r}{hint}; known: {', '.join(SUITE_MAX_EPISODE_STEPS)}"
         )
@@ -346,9 +344,7 @@ def _task_index(suite: str, task: str | int) -> int:
             raise IndexError(f"LIBERO suite {suite!r} has tasks 0..{len(names) - 1}, not {task}")
         return int(task)
     if task not in names:
-        close = difflib.get_close_matches(task, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"LIBERO suite {suite!r} has no task {task!r}{hint}")
+        raise KeyError(f"LIBERO suite {suite!r} has no task {task!r}{did_you_mean(task, names)}")
     return names.index(task)
 
 

@@ -55,7 +55,7 @@ def get_suite(name: str) -> SuiteSpec:
     _ensure_builtin_suites()
     if name not in _SUITES:
         raise KeyError(
-            f"unknown suite {name!r}{_did_you_mean(name, _SUITES)}; available: {', '.join(sorted(_SUITES))}"
+            f"unknown suite {name!r}{did_you_mean(name, _SUITES)}; available: {', '.join(sorted(_SUITES))}"
         )
     return _SUITES[name]
 
@@ -73,12 +73,13 @@ def make(suite: str, task: str | int, **config: Any) -> gym.Env:
         task = spec.tasks[task]
     if task not in spec.tasks:
         raise KeyError(
-            f"suite {suite!r} has no task {task!r}{_did_you_mean(task, spec.tasks)}; "
+            f"suite {suite!r} has no task {task!r}{did_you_mean(task, spec.tasks)}; "
             f"its tasks: {', '.join(spec.tasks)}"
         )
     return spec.factory(task)(**config)
 
 
-def _did_you_mean(name: str, options: Any) -> str:
+def did_you_mean(name: str, options: Any) -> str:
+    """A " (did you mean 'x'?)" hint naming the closest option, or '' when none is close."""
     close = difflib.get_close_matches(name, list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
