@@ -11,8 +11,12 @@ Overrides are `section.key=value` (values are YAML). The deployable checkpoint i
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "quickstart.yaml"
 
@@ -35,9 +39,41 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    export = train(config, resume=args.resume)
+    with periodic_evaluation(config) as callbacks:
+        export = train(config, resume=args.resume, callbacks=callbacks)
     print(f"exported checkpoint: {export}")
     return 0
+
+
+@contextlib.contextmanager
+def periodic_evaluation(config: Any) -> Iterator[list]:
+    """`eval.every_n_steps > 0`: a callback that rolls the policy out in simulation every N
+    steps and logs success and a video; the env workers live as long as training."""
+    section = config.eval
+    if section.every_n_steps <= 0:
+        yield []
+        return
+    from sim.runner import EnvRunner
+    from vla.training.evaluation import PeriodicEvaluation
+
+    video_root = config.run_dir / "eval_videos"
+    runner = EnvRunner(
+        section.suite,
+        episodes_per_task=section.episodes_per_task,
+        num_envs=section.num_envs,
+        image_size=(section.image_size, section.image_size),
+        video_episodes_per_task=section.videos_per_task,
+        video_dir=video_root,
+        progress=False,
+    )
+
+    runs = itertools.count()
+
+    def evaluate(policy: Any) -> dict:
+        return runner.run(policy, video_dir=video_root / f"eval{next(runs):03d}").to_dict()
+
+    with runner:
+        yield [PeriodicEvaluation(evaluate, section.every_n_steps)]
 
 
 if __name__ == "__main__":

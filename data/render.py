@@ -127,7 +127,7 @@ def render_episode(
     labels = _episode_labels(reader, record, key)
     tasks = _episode_tasks(reader, record)
     colors = object_colors(obj.name for label in labels for obj in label.objects)
-    frames = np.empty((record.length, *_video_frame_shape(images[0].shape, scale)), np.uint8)
+    frames = np.empty((record.length, *video_frame_shape(images[0].shape, scale)), np.uint8)
     for index in range(record.length):
         frame = draw_labels(
             images[index],
@@ -137,7 +137,7 @@ def render_episode(
             frame_index=index,
             colors=colors,
         )
-        frames[index] = _pad_to(frame, frames.shape[1:])
+        frames[index] = pad_to(frame, frames.shape[1:])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     encode_video(frames, out, fps)
@@ -349,14 +349,14 @@ def _check_fps(fps: int) -> int:
     return int(fps)
 
 
-def _video_frame_shape(image_shape: tuple[int, ...], scale: int) -> tuple[int, int, int]:
+def video_frame_shape(image_shape: tuple[int, ...], scale: int) -> tuple[int, int, int]:
     """(height, width, 3) of an annotated frame, rounded up to the even sizes yuv420p needs."""
     height, width = image_shape[0] * scale, image_shape[1] * scale
     height += panel_height(width, height)
     return height + height % 2, width + width % 2, 3
 
 
-def _pad_to(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def pad_to(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Pad with panel colour (right/bottom) up to the even size yuv420p needs."""
     if frame.shape == tuple(shape):
         return frame

@@ -14,6 +14,7 @@ that covers it with weights exp(-k * i), i = 0 for the oldest (ACT's temporal en
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from vla.config import VLAConfig
+from vla.feature_cache import FeatureCache, uniform_schedule
 from vla.model import VLAModel
 from vla.processor import Processor, ProcessorConfig
 
@@ -37,6 +39,7 @@ class VLAPolicy:
         device: str | torch.device = "cpu",
         think: bool = False,
         reasoning_every: int = 1,
+        feature_cache_every: int | None = None,
     ) -> None:
         self.model = model.eval().to(device)
         self.processor = processor
@@ -52,6 +55,13 @@ class VLAPolicy:
         # Think mode: regenerate the chain every `reasoning_every` chunks, reuse it in between.
         self.think = think
         self.reasoning_every = reasoning_every
+        # Feature caching: every expert block refreshes on denoising steps 0, k, 2k, ... and
+        # reuses its output in between (None: every block is computed at every step).
+        if feature_cache_every is not None and feature_cache_every < 1:
+            raise ValueError(f"feature_cache_every must be >= 1 or None, got {feature_cache_every}")
+        self.feature_cache_every = feature_cache_every
+        # Wall time of the last predict_chunk call's stages, in milliseconds (what eval reports).
+        self.last_timings: dict[str, float] = {}
         self.reset()
 
     @classmethod
@@ -96,7 +106,10 @@ class VLAPolicy:
         and also returns `(chunks, thoughts)`.
         """
         batch = [observations] if isinstance(observations, Mapping) else list(observations)
+        started = time.perf_counter()
         inputs = self.processor.inputs(batch, self.device)
+        timings = {"reasoning_ms": 0.0}
+        thoughts: list[str] | None = None
         if reasoning is not None:
             if len(reasoning) != len(batch):
                 raise ValueError(
@@ -104,14 +117,42 @@ class VLAPolicy:
                 )
             ids, mask = self.processor.encode_reasoning(list(reasoning), self.device)
             inputs = replace(inputs, reasoning_ids=ids, reasoning_mask=mask)
-            chunks = self.processor.actions(self.model.sample_actions(inputs, noise=noise))
-            return chunks, list(reasoning)
-        if not think:
-            return self.processor.actions(self.model.sample_actions(inputs, noise=noise))
-        eos = self.processor.tokenizer.eos_token_id
-        cache, ids, mask = self.model.generate_reasoning(inputs, eos)
-        chunks = self.processor.actions(self.model.sample_actions(inputs, noise=noise, cache=cache))
-        return chunks, self.processor.decode_reasoning(ids, mask)
+            thoughts = list(reasoning)
+        if think and reasoning is None:
+            # Decoding grows the instruction's prefix cache token by token, so prefix encoding
+            # and reasoning are one stage here, reported as reasoning.
+            timings["prefix_ms"] = 0.0
+            with _Stopwatch(timings, "reasoning_ms", self.device):
+                eos = self.processor.tokenizer.eos_token_id
+                cache, ids, mask = self.model.generate_reasoning(inputs, eos)
+                thoughts = self.processor.decode_reasoning(ids, mask)
+        else:
+            with _Stopwatch(timings, "prefix_ms", self.device):
+                cache = self.model.encode_prefix(inputs)
+        feature_cache = self._feature_cache()
+        with _Stopwatch(timings, "denoise_ms", self.device):
+            normalized = self.model.sample_actions(
+                inputs, noise=noise, cache=cache, feature_cache=feature_cache
+            )
+        chunks = self.processor.actions(normalized)
+        timings["total_ms"] = (time.perf_counter() - started) * 1e3
+        if feature_cache is not None:
+            evaluated = feature_cache.computed + feature_cache.reused
+            timings["feature_reuse"] = feature_cache.reused / max(1, evaluated)
+        self.last_timings = timings
+        if thoughts is None:
+            return chunks
+        return chunks, thoughts
+
+    def _feature_cache(self) -> FeatureCache | None:
+        if self.feature_cache_every is None:
+            return None
+        schedule = uniform_schedule(
+            self.model.geometry.num_layers,
+            self.config.num_inference_steps,
+            self.feature_cache_every,
+        )
+        return FeatureCache(schedule)
 
     def select_action(self, observation: Mapping[str, Any]) -> np.ndarray:
         """The next action float32[7] for one environment."""
@@ -148,3 +189,24 @@ class VLAPolicy:
         return (weights[:, None] * actions).sum(0).astype(np.float32) / weights.sum().astype(
             np.float32
         )
+
+
+class _Stopwatch:
+    """Adds a block's wall time in ms to `timings[key]`; waits for queued GPU work first so the
+    time lands in the stage that caused it."""
+
+    def __init__(self, timings: dict[str, float], key: str, device: torch.device) -> None:
+        self.timings, self.key, self.device = timings, key, device
+
+    def __enter__(self) -> None:
+        self._sync()
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._sync()
+        elapsed = (time.perf_counter() - self.started) * 1e3
+        self.timings[self.key] = self.timings.get(self.key, 0.0) + elapsed
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

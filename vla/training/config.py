@@ -75,6 +75,18 @@ class LoggingSection:
 
 
 @dataclass(frozen=True)
+class EvalSection:
+    """Periodic closed-loop evaluation in simulation during training (train.py wires it)."""
+
+    every_n_steps: int = 0  # 0: off
+    suite: str = "quickstart"
+    episodes_per_task: int = 10  # init states 0..N-1 of every task
+    num_envs: int = 2
+    videos_per_task: int = 1  # the first episodes of each task are filmed and logged
+    image_size: int = 128  # must match the training dataset's camera resolution
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     name: str = "quickstart"
     output_dir: str = "outputs/runs"
@@ -85,6 +97,7 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     trainer: TrainerSection = field(default_factory=TrainerSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     @property
     def run_dir(self) -> Path:

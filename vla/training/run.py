@@ -61,8 +61,14 @@ def build_tokenizer(config: TrainConfig, reader: LeRobotDatasetReader, directory
     return tokenizer
 
 
-def train(config: TrainConfig, resume: bool = False) -> Path:
-    """Train, then export the deployable checkpoint; returns its directory."""
+def train(
+    config: TrainConfig, resume: bool = False, callbacks: list[L.Callback] | None = None
+) -> Path:
+    """Train, then export the deployable checkpoint; returns its directory.
+
+    `callbacks` are added to the run's own (e.g. `PeriodicEvaluation`, which train.py builds
+    because only it may wire the simulator to the policy).
+    """
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "resolved_config.yaml")
@@ -96,7 +102,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         accumulate_grad_batches=config.trainer.accumulate_grad_batches,
         log_every_n_steps=config.trainer.log_every,
         logger=_loggers(config, run_dir),
-        callbacks=_callbacks(config, run_dir),
+        callbacks=_callbacks(config, run_dir) + list(callbacks or []),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
         enable_model_summary=False,

@@ -1,0 +1,143 @@
+"""Policy server round trip on loopback: latency and throughput, 1 and 8 clients, batching on/off.
+
+The server is `vla serve` in its own process (as deployed); each client is a thread of this
+process with its own `PolicyClient` connection, sending back-to-back requests for a fixed time.
+Observations are two 128x128 cameras + state + instruction (the quickstart sim's), the model the
+tiny config with random weights (what the tests use), so the numbers show the serving overhead and
+what batching buys, not a trained model's speed.
+
+    .venv/bin/python benchmarks/server_latency.py [--seconds 8] [--image-size 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from common import machine_description  # noqa: E402
+from test_policy import observation  # noqa: E402
+from test_serving import HORIZON, save_tiny_checkpoint  # noqa: E402
+
+from vla.cli import start_server_process, stop_server_process  # noqa: E402
+from vla.client import PolicyClient  # noqa: E402
+from vla.serving.msgpack_numpy import packb, unpackb  # noqa: E402
+
+
+def measure(address: str, clients: int, seconds: float, image_size: int) -> dict[str, float]:
+    """Round trips of `clients` concurrent connections for `seconds` (after one warm-up each)."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    batch_sizes: list[int] = []
+    infer_ms: list[float] = []  # the forward pass alone, as the server timed it
+    errors: list[str] = []
+    window: dict[str, float] = {}
+
+    def open_window() -> None:  # runs once every client is warm, before any is released
+        window["start"] = time.perf_counter()
+        window["end"] = window["start"] + seconds
+
+    barrier = threading.Barrier(clients + 1, action=open_window)
+
+    def work(index: int) -> None:
+        obs = observation(index, size=image_size)
+        try:
+            with PolicyClient(address) as client:
+                client.infer(obs)  # warm-up
+                barrier.wait()
+                while time.perf_counter() < window["end"]:
+                    reply = client.infer(obs)
+                    latencies[index].append(reply["client_timing"]["round_trip_ms"])
+                    batch_sizes.append(int(reply["server_timing"]["batch_size"]))
+                    infer_ms.append(float(reply["server_timing"]["infer_ms"]))
+        except Exception as error:
+            errors.append(f"{type(error).__name__}: {error}")
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - window["start"]
+    if errors:
+        raise RuntimeError(f"{len(errors)} client errors, first: {errors[0]}")
+    every = np.concatenate([np.asarray(values) for values in latencies])
+    return {
+        "p50": float(np.percentile(every, 50)),
+        "p90": float(np.percentile(every, 90)),
+        "throughput": len(every) / elapsed,
+        "mean_batch": statistics.fmean(batch_sizes),
+        "infer_p50": float(np.percentile(infer_ms, 50)),
+        "requests": len(every),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    args = parser.parse_args()
+    print(f"machine: {machine_description()}")
+    obs = observation(0, size=args.image_size)
+    message = packb(obs)
+    codec = min(
+        _timed(lambda: unpackb(packb(obs))) for _ in range(20)
+    )  # encode + decode, best of 20
+    print(
+        f"tiny config, horizon {HORIZON}; observation {len(message) / 1024:.0f} KiB "
+        f"(2 cameras {args.image_size}x{args.image_size}); msgpack encode+decode {codec * 1e3:.2f} ms\n"
+    )
+    variants = {
+        "batching off (max_batch 1)": ["--max-batch", "1"],
+        f"batching on (max_batch 8, max_wait {args.max_wait_ms:g} ms)": [
+            "--max-batch",
+            "8",
+            "--max-wait-ms",
+            str(args.max_wait_ms),
+        ],
+    }
+    results = {}
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = save_tiny_checkpoint(Path(directory))
+        for name, extra in variants.items():
+            process, address = start_server_process(checkpoint, extra_args=extra)
+            try:
+                for clients in (1, 8):
+                    result = measure(address, clients, args.seconds, args.image_size)
+                    results[name, clients] = result
+                    print(
+                        f"{name:45s} {clients} client(s): p50 {result['p50']:7.1f} ms  "
+                        f"p90 {result['p90']:7.1f} ms  {result['throughput']:6.1f} replies/s  "
+                        f"mean batch {result['mean_batch']:.2f}  forward pass p50 "
+                        f"{result['infer_p50']:.1f} ms  ({result['requests']} requests)",
+                        flush=True,
+                    )
+            finally:
+                stop_server_process(process)
+    off, on = (results[name, 8] for name in variants)
+    print(
+        f"\n8 clients, batching on vs off: {on['throughput'] / off['throughput']:.2f}x throughput, "
+        f"p50 latency {on['p50'] / off['p50']:.2f}x"
+    )
+
+
+def _timed(function) -> float:  # noqa: ANN001
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""`SuiteEnv`: any task of one suite behind a single environment, for evaluation workers.
+
+An evaluation is a queue of (task, init state) episodes shared by K worker processes; a worker
+that finishes an episode takes the next one, whatever its task. `SuiteEnv` makes that possible:
+`reset(options={"task": name, "init_state": i})` switches to the task's environment, building it
+on first use and keeping the most recent few (building a robosuite scene takes seconds, and the
+queue is task-major so switches are rare).
+
+With `oracle_expert=True` every observation also carries `expert.action`, the scripted expert's
+next action computed from privileged state. That lets the expert run through exactly the same
+evaluation loop as a learned policy (as its "policy", `ExpertPolicy` in sim/runner.py), which is
+how the evaluator's own success measurement is checked against the expert's known success.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from sim.registry import get_suite, make
+
+EXPERT_ACTION_KEY = "expert.action"
+
+
+class SuiteEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        suite: str,
+        *,
+        image_size: tuple[int, int] = (128, 128),
+        oracle_expert: bool = False,
+        render_images: bool = True,
+        max_cached_envs: int = 2,
+    ) -> None:
+        self.spec_ = get_suite(suite)
+        self.suite = suite
+        self.image_size = tuple(image_size)
+        self.oracle_expert = oracle_expert
+        # Off only for the oracle expert, which never looks at images (rendering is most of a
+        # step's cost); the LIBERO envs always render.
+        self.render_images = render_images
+        self.max_cached_envs = max_cached_envs
+        self._envs: collections.OrderedDict[str, gym.Env] = collections.OrderedDict()
+        self.env: gym.Env | None = None
+        self._expert: Any = None
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`options`: {"task": name (required), "init_state": i (optional)}; `seed` as the task
+        env takes it."""
+        options = dict(options or {})
+        if "task" not in options:
+            raise KeyError("SuiteEnv.reset needs options['task'] (a task name of the suite)")
+        task = options.pop("task")
+        self.env = self._env_for(task)
+        observation, info = self.env.reset(seed=seed, options=options or None)
+        info = {**info, "max_episode_steps": self.env.max_episode_steps}
+        if self.oracle_expert:
+            from sim.env import TabletopEnv
+            from sim.expert import ScriptedExpert  # only the oracle needs the planner
+
+            if not isinstance(self.env, TabletopEnv):
+                raise TypeError(
+                    f"oracle_expert needs one of our table-top suites; {self.suite!r} has no scripted expert"
+                )
+            # Seeded by the episode, not the worker, so results do not depend on scheduling.
+            expert_seed = int(options.get("init_state", seed or 0))
+            self._expert = ScriptedExpert(self.env, seed=expert_seed)
+            observation = self._with_expert_action(observation)
+        return observation, info
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        if self.env is None:
+            raise RuntimeError("SuiteEnv.step before reset")
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        if self.oracle_expert and not (terminated or truncated):
+            observation = self._with_expert_action(observation)
+        return observation, reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray:
+        if self.env is None:
+            raise RuntimeError("SuiteEnv.render before reset")
+        return self.env.render()
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+        self.env = None
+
+    def _env_for(self, task: str) -> gym.Env:
+        if task in self._envs:
+            self._envs.move_to_end(task)
+            return self._envs[task]
+        options = {} if self.render_images else {"render_images": False}
+        env = make(self.suite, task, image_size=self.image_size, **options)
+        self._envs[task] = env
+        while len(self._envs) > self.max_cached_envs:
+            _, oldest = self._envs.popitem(last=False)
+            oldest.close()
+        return env
+
+    def _with_expert_action(self, observation: dict[str, Any]) -> dict[str, Any]:
+        step = self._expert.act()
+        return {**observation, EXPERT_ACTION_KEY: np.asarray(step.action, dtype=np.float32)}
+
+
+def build_suite_env(
+    suite: str, image_size: tuple[int, int], oracle_expert: bool, render_images: bool, index: int
+) -> SuiteEnv:
+    """Worker `index`'s env (module level so `SubprocVectorEnv` can pickle a partial of it)."""
+    return SuiteEnv(
+        suite, image_size=image_size, oracle_expert=oracle_expert, render_images=render_images
+    )

@@ -1,0 +1,153 @@
+"""The robot-side client of `vla serve`: numpy, msgpack and websockets only (no torch).
+
+    from vla.client import PolicyClient
+    with PolicyClient("ws://127.0.0.1:8000", token=None) as client:
+        print(client.metadata["action_horizon"])
+        reply = client.infer(observation)   # {"actions": float32 (H, 7), "server_timing": {...}, ...}
+
+Why so few dependencies: robot computers run a real-time stack and often an old Python; the
+client must install there without CUDA wheels. It speaks the openpi websocket protocol (see
+`vla.serving.protocol`), so it also works against an openpi policy server.
+
+A connection that failed or timed out is dropped and reopened by the next `infer`: a reply that
+arrives after its request timed out must never be read as the answer to the next request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from vla.serving import protocol
+from vla.serving.msgpack_numpy import packb, unpackb
+from vla.serving.protocol import InvalidObservation, ObservationSpec
+
+__all__ = ["InvalidObservation", "PolicyClient", "ServerError"]
+
+
+class ServerError(RuntimeError):
+    """The server answered a request with an error reply (`type` is one of protocol's types)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.type = error_type
+        self.message = message
+
+
+class PolicyClient:
+    def __init__(
+        self,
+        uri: str = "ws://127.0.0.1:8000",
+        token: str | None = None,
+        open_timeout: float = 10.0,
+        timeout: float | None = 30.0,
+        validate: bool = True,
+    ) -> None:
+        """Connect and read the server's metadata.
+
+        `timeout` bounds each `infer` round trip (None waits forever). `validate` checks each
+        observation against the server's spec before sending, so a robot-side mistake fails
+        here, with the same message the server would send, without a network round trip.
+        """
+        self.uri = uri
+        self.token = token
+        self.open_timeout = open_timeout
+        self.timeout = timeout
+        self.validate = validate
+        self._connection: ClientConnection | None = None
+        self.metadata: dict[str, Any] = {}
+        self._connect()
+
+    @property
+    def spec(self) -> ObservationSpec | None:
+        """What the server's model reads, or None for a server that does not say (e.g. openpi)."""
+        payload = self.metadata.get("observation")
+        return ObservationSpec.from_dict(payload) if isinstance(payload, Mapping) else None
+
+    def _connect(self) -> ClientConnection:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        try:
+            connection = connect(
+                self.uri,
+                additional_headers=headers,
+                compression=None,
+                max_size=None,  # replies are small; the server bounds what we may send
+                open_timeout=self.open_timeout,
+                close_timeout=1.0,  # never hang a robot's thread on a server that went silent
+            ).__enter__()  # long-lived, closed by close(); websockets >= 17.1 asks for the enter
+        except InvalidStatus as error:
+            status = error.response.status_code
+            body = error.response.body.decode(errors="replace").strip()
+            raise ConnectionRefusedError(
+                f"{self.uri} refused the connection: HTTP {status} {body}"
+            ) from None
+        metadata = unpackb(connection.recv(timeout=self.open_timeout))
+        if not isinstance(metadata, dict):
+            connection.close()
+            raise ConnectionError(f"{self.uri} sent metadata that is not a map: {metadata!r:.80}")
+        self.metadata = metadata
+        self._connection = connection
+        return connection
+
+    def infer(self, observation: Mapping[str, Any], seed: int | None = None) -> dict[str, Any]:
+        """One round trip: the reply with "actions" (H, A) float32 and the server's timing.
+
+        Raises `ServerError` for an error reply (the connection stays usable), `TimeoutError`
+        or `ConnectionError` when the server does not answer (the next call reconnects).
+        """
+        message: dict[str, Any] = dict(observation)
+        if seed is not None:
+            message[protocol.OPTIONS_KEY] = {"seed": int(seed)}
+        spec = self.spec
+        if self.validate and spec is not None:
+            spec.validate(message)
+        payload = packb(message)
+        limit = self.metadata.get("max_message_bytes")
+        if isinstance(limit, int) and len(payload) > limit:
+            raise ValueError(
+                f"the observation is {len(payload)} bytes, over the server's limit of {limit}; "
+                f"send smaller images or raise the server's --max-message-mb"
+            )
+        connection = self._connection or self._connect()
+        started = time.perf_counter()
+        try:
+            connection.send(payload)
+            reply = connection.recv(timeout=self.timeout)
+        except TimeoutError:
+            self._drop()
+            raise TimeoutError(f"{self.uri} did not answer within {self.timeout} s") from None
+        except ConnectionClosed as error:
+            self._drop()
+            raise ConnectionError(f"{self.uri} closed the connection: {error}") from error
+        except OSError:
+            self._drop()
+            raise
+        if isinstance(reply, str):
+            raise ServerError(*protocol.parse_error_reply(reply))
+        result = unpackb(reply)
+        if not isinstance(result, dict) or not isinstance(result.get("actions"), np.ndarray):
+            raise ServerError(protocol.INTERNAL, f"a reply without actions: {result!r:.200}")
+        result["client_timing"] = {"round_trip_ms": (time.perf_counter() - started) * 1000}
+        return result
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def reset(self) -> None:
+        """openpi's client API; the server keeps no per-episode state, so there is nothing to do."""
+
+    def close(self) -> None:
+        self._drop()
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,333 @@
+"""The robot-side controller loop: asynchronous inference, stitching, safety, watchdog.
+
+    client = PolicyClient("ws://127.0.0.1:8000")
+    controller = Controller(client, ControllerConfig(control_hz=20))
+    controller.start(observation)              # blocks until the first chunk arrives
+    rate = Rate(20)
+    while running:
+        robot.apply(controller.act(observation))   # never blocks on the network
+        rate.sleep()
+        observation = robot.observe()
+    robot.apply(controller.shutdown())         # the safe action; worker stopped, socket closed
+
+Why it is built this way (numpy + `vla.client` only, so it runs on a robot computer):
+
+- `act` runs in the control thread and never waits for the network. A worker thread owns the
+  client and fetches the next chunk while the current one executes: a request goes out every
+  `replan_every` steps (or as soon as the previous reply is in, if inference is slower).
+- Chunks are stitched into one plan by `ChunkStitcher` (stale prefix dropped, then
+  replace/freeze/blend at the seam), then every command passes `SafetyLayer` (limits, per-step
+  change, NaN guard).
+- The watchdog is a check inside `act`: if no fresh chunk (one with at least one action still
+  ahead) arrived within `deadline_s`, or the plan has run out, the command is the safe action
+  (zero delta, gripper held). Because `act` never blocks, the first tick after the deadline
+  commands the stop: within one control period, whatever the server or network does.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from vla.serving.safety import SafetyConfig, SafetyLayer
+from vla.serving.stitching import ChunkStitcher, StitchConfig
+
+log = logging.getLogger(__name__)
+
+# Why a tick's command is what it is.
+PLAN = "plan"  # the stitched plan's action, through the safety layer
+WAITING = "waiting"  # no chunk has arrived yet: safe action
+DEADLINE = "deadline"  # the watchdog: no fresh chunk within deadline_s: safe action
+NO_PLAN = "no_plan"  # the plan ran out before a new chunk arrived: safe action
+UNUSABLE = "unusable"  # the planned action was non-finite: safe action
+SAFE_SOURCES = (WAITING, DEADLINE, NO_PLAN, UNUSABLE)
+
+
+class InferenceClient(Protocol):
+    """What the controller needs from a client (`vla.client.PolicyClient` is one)."""
+
+    metadata: dict[str, Any]
+
+    def infer(self, observation: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    control_hz: float = 20.0
+    replan_every: int | None = None  # steps between requests; None = half the action horizon
+    deadline_s: float = 0.5  # watchdog: longest time without a fresh chunk before a safe stop
+    stitch: StitchConfig = field(default_factory=StitchConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    retry_delay_s: float = 0.05  # after a failed request, before the next one
+    log_ticks: int = 100_000  # how many ticks `Controller.ticks` keeps
+
+    def __post_init__(self) -> None:
+        if self.control_hz <= 0:
+            raise ValueError(f"control_hz must be > 0, got {self.control_hz}")
+        if self.deadline_s < 1 / self.control_hz:
+            raise ValueError(
+                f"deadline_s ({self.deadline_s}) must be at least one control period "
+                f"({1 / self.control_hz:.4f} s at {self.control_hz} Hz)"
+            )
+        if self.replan_every is not None and self.replan_every < 1:
+            raise ValueError(f"replan_every must be >= 1, got {self.replan_every}")
+
+
+@dataclass(frozen=True)
+class Tick:
+    step: int
+    time: float  # monotonic seconds when the command was decided
+    source: str  # PLAN or one of SAFE_SOURCES
+    action: np.ndarray  # float64 (A,): the command
+
+
+@dataclass
+class ControllerStats:
+    ticks: int = 0
+    sources: collections.Counter[str] = field(default_factory=collections.Counter)
+    requests: int = 0
+    chunks: int = 0  # replies stitched into the plan
+    stale_chunks: int = 0  # replies whose every action was already in the past
+    request_errors: int = 0
+    last_error: str | None = None
+    round_trip_ms: list[float] = field(default_factory=list)
+    latency_steps: list[int] = field(default_factory=list)  # steps between request and use
+    arrivals: list[float] = field(default_factory=list)  # clock time of each fresh chunk
+
+
+class Controller:
+    def __init__(
+        self,
+        client: InferenceClient,
+        config: ControllerConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.config = config or ControllerConfig()
+        self.clock = clock
+        self.action_horizon = int(client.metadata["action_horizon"])
+        self.action_dim = int(client.metadata.get("action_dim", 7))
+        self.safety = SafetyLayer(self.config.safety)
+        if self.safety.action_dim != self.action_dim:
+            raise ValueError(
+                f"the safety limits have {self.safety.action_dim} dimensions, the server's "
+                f"actions {self.action_dim}"
+            )
+        self.replan_every = self.config.replan_every or max(1, self.action_horizon // 2)
+        self.stitcher = ChunkStitcher(self.config.stitch)
+        self.stats = ControllerStats()
+        self.ticks: collections.deque[Tick] = collections.deque(maxlen=self.config.log_ticks)
+        self.step = 0
+        self.last_fresh: float | None = None  # when the last fresh chunk arrived (clock time)
+        self._last_request_step: int | None = None
+        # Shared with the worker, under _lock: the request to send, replies that came back.
+        self._lock = threading.Condition()
+        self._request: tuple[int, dict[str, Any]] | None = None
+        self._in_flight = False
+        self._retry = False  # the last request failed: send the next one without waiting
+        self._arrived: list[tuple[int, np.ndarray, float]] = []  # (obs step, chunk, arrival)
+        self._stopping = False
+        self._worker = threading.Thread(target=self._work, name="vla-inference-client", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ control thread
+    def start(self, observation: Mapping[str, Any], timeout: float = 60.0) -> None:
+        """Request the first chunk and wait for it, so the robot starts moving on a plan."""
+        self._submit(observation)
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not self._arrived:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping:
+                    raise TimeoutError(
+                        f"no chunk from the server within {timeout} s "
+                        f"(last error: {self.stats.last_error})"
+                    )
+                if not self._in_flight:
+                    self._submit(observation)  # the first request failed: retry
+                self._lock.wait(min(remaining, 0.1))
+
+    def act(self, observation: Mapping[str, Any]) -> np.ndarray:
+        """The command float64 (A,) for this control step; call once per tick. Never blocks."""
+        now = self.clock()
+        with self._lock:
+            arrived, self._arrived = self._arrived, []
+            retry, self._retry = self._retry, False
+        for obs_step, chunk, arrival in arrived:
+            self.stats.latency_steps.append(self.step - obs_step)
+            if self.step - obs_step >= len(chunk):
+                # all in the past: not fresh, the watchdog keeps counting
+                self.stats.stale_chunks += 1
+                continue
+            self.stitcher.add(chunk, obs_step, self.step)
+            self.stats.chunks += 1
+            self.stats.arrivals.append(arrival)
+            self.last_fresh = arrival
+        due = self._last_request_step is None or (
+            self.step - self._last_request_step >= self.replan_every
+        )
+        if due or retry:
+            self._submit(observation)
+
+        planned = self.stitcher.action(self.step)
+        if self.last_fresh is None:
+            source, action = WAITING, self.safety.safe()
+        elif now - self.last_fresh > self.config.deadline_s:
+            source, action = DEADLINE, self.safety.safe()
+        elif planned is None:
+            source, action = NO_PLAN, self.safety.safe()
+        else:
+            action, usable = self.safety.limit(planned)
+            source = PLAN if usable else UNUSABLE
+        self.ticks.append(Tick(self.step, now, source, action))
+        self.stats.ticks += 1
+        self.stats.sources[source] += 1
+        self.step += 1
+        return action
+
+    def _submit(self, observation: Mapping[str, Any]) -> None:
+        """Hand the observation to the worker unless a request is already out (never blocks)."""
+        with self._lock:
+            if self._in_flight or self._stopping:
+                return
+            # Copies: a robot driver may refill its image buffers while the request is out.
+            snapshot = {
+                key: value.copy() if isinstance(value, np.ndarray) else value
+                for key, value in observation.items()
+            }
+            self._request = (self.step, snapshot)
+            self._in_flight = True
+            self._lock.notify_all()
+        self._last_request_step = self.step
+        self.stats.requests += 1
+
+    def shutdown(self, timeout: float = 5.0) -> np.ndarray:
+        """Stop the worker, close the connection; returns the safe action to command last."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        self.client.close()  # unblocks a worker waiting for a reply
+        self._worker.join(timeout)
+        if self._worker.is_alive():
+            log.warning("the inference worker did not stop within %s s", timeout)
+        return self.safety.safe()
+
+    def chunks_waiting(self) -> int:
+        """Replies received and not yet stitched (the next `act` takes them)."""
+        with self._lock:
+            return len(self._arrived)
+
+    @property
+    def worker_alive(self) -> bool:
+        return self._worker.is_alive()
+
+    # ------------------------------------------------------------------ worker thread
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while self._request is None and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                obs_step, observation = self._request
+                self._request = None
+            try:
+                reply = self.client.infer(observation)
+                chunk = np.asarray(reply["actions"], dtype=np.float64)
+                if chunk.ndim != 2 or chunk.shape[1] != self.action_dim or len(chunk) == 0:
+                    raise ValueError(f"the server sent actions of shape {chunk.shape}")
+                if not np.isfinite(chunk).all():
+                    raise ValueError("the server sent non-finite actions")
+            except Exception as error:  # network, server error, bad chunk: retry with a newer obs
+                with self._lock:
+                    if self._stopping:
+                        return
+                    self.stats.request_errors += 1
+                    self.stats.last_error = f"{type(error).__name__}: {error}"
+                    self._lock.wait(self.config.retry_delay_s)
+                    self._in_flight = False
+                    self._retry = True
+                continue
+            arrival = self.clock()
+            with self._lock:
+                self._arrived.append((obs_step, chunk, arrival))
+                self._in_flight = False
+                timing = reply.get("client_timing", {})
+                if "round_trip_ms" in timing:
+                    self.stats.round_trip_ms.append(float(timing["round_trip_ms"]))
+                self._lock.notify_all()
+
+
+class Rate:
+    """Sleeps to keep a loop at `hz`; an overrun tick starts the next period at once (no burst)."""
+
+    def __init__(self, hz: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = 1.0 / hz
+        self.clock = clock
+        self.next = clock() + self.period
+        self.overruns = 0
+
+    def sleep(self) -> None:
+        now = self.clock()
+        if now < self.next:
+            time.sleep(self.next - now)
+            self.next += self.period
+        else:
+            self.overruns += 1
+            self.next = now + self.period
+
+
+class Env(Protocol):
+    """The robot stand-in `run_episode` drives: a gymnasium environment (e.g. sim's)."""
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]: ...
+
+
+def run_episode(
+    env: Env,
+    controller: Controller,
+    observation: Mapping[str, Any],
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Drive one episode at the controller's rate; returns what happened (success, steps, ...)."""
+    controller.start(observation)
+    rate = Rate(controller.config.control_hz)
+    started = time.monotonic()
+    steps, success, info = 0, False, {}
+    while True:
+        action = controller.act(observation)
+        observation, _, terminated, truncated, info = env.step(action)
+        steps += 1
+        success = bool(info.get("success", False))
+        if terminated or truncated or (max_steps is not None and steps >= max_steps):
+            break
+        rate.sleep()
+    stats = controller.stats
+    round_trip = np.asarray(stats.round_trip_ms) if stats.round_trip_ms else np.zeros(1)
+    return {
+        "success": success,
+        "steps": steps,
+        "terminated": bool(terminated),
+        "truncated": bool(truncated),
+        "seconds": time.monotonic() - started,
+        "control_hz": controller.config.control_hz,
+        "overruns": rate.overruns,
+        "chunks": stats.chunks,
+        "requests": stats.requests,
+        "request_errors": stats.request_errors,
+        "sources": dict(stats.sources),
+        "round_trip_ms_p50": float(np.percentile(round_trip, 50)),
+        "round_trip_ms_p90": float(np.percentile(round_trip, 90)),
+        "latency_steps_mean": float(np.mean(stats.latency_steps)) if stats.latency_steps else 0.0,
+    }
