@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from sim.registry import get_suite
 from sim.suite_env import EXPERT_ACTION_KEY, build_suite_env
-from sim.vector import SubprocVectorEnv
+from sim.vector import EnvResult, SubprocVectorEnv
 
 AGENTVIEW_KEY = "observation.images.agentview"
 
@@ -363,21 +363,20 @@ class EnvRunner:
                 ]
                 if needing:
                     self._predict(policy, settings, [running[i] for i in needing], calls)
-                actions = {
-                    i: self._next_action(episode, settings) for i, episode in running.items()
+                # Every env executes its whole queue in one request (the envs run in parallel
+                # and render only the observation the policy will look at).
+                requests = {
+                    i: (self._take_actions(episode, settings), episode.record_video)
+                    for i, episode in running.items()
                 }
-                for episode in running.values():
-                    if episode.record_video:
-                        episode.frames.append(episode.observation[AGENTVIEW_KEY])
-                        episode.thoughts.append(episode.reasoning)
                 step_started = time.perf_counter()
-                replies = vector_env.step(actions)
+                replies = vector_env.call_each("step_many", requests)
                 env_seconds += time.perf_counter() - step_started
                 done: list[int] = []
                 restarts: dict[int, _Job] = {}
                 for index, reply in replies.items():
                     episode = running[index]
-                    if reply.crashed:
+                    if isinstance(reply, EnvResult):  # the worker crashed and was replaced
                         episode.job.attempts += 1
                         del running[index]
                         done.append(index)
@@ -386,13 +385,16 @@ class EnvRunner:
                         else:
                             restarts[index] = episode.job
                         continue
-                    env_steps += 1
-                    episode.steps += 1
-                    episode.observation = reply.obs
-                    if reply.terminated or reply.truncated:
+                    if episode.record_video:
+                        episode.frames += [episode.observation[AGENTVIEW_KEY], *reply["frames"]]
+                        episode.thoughts += [episode.reasoning] * reply["steps"]
+                    env_steps += reply["steps"]
+                    episode.steps += reply["steps"]
+                    episode.observation = reply["observation"]
+                    if reply["terminated"] or reply["truncated"]:
                         del running[index]
                         done.append(index)
-                        finish(episode, bool(reply.info.get("success", False)))
+                        finish(episode, bool(reply["info"].get("success", False)))
                 if done:
                     start(done, restarts)
         finally:
@@ -463,6 +465,16 @@ class EnvRunner:
         horizon = chunk.shape[0]
         n_action_steps = settings.n_action_steps or max(1, horizon // 2)
         episode.queue.extend(chunk[: min(n_action_steps, horizon)])
+
+    @classmethod
+    def _take_actions(cls, episode: _Episode, settings: RolloutSettings) -> np.ndarray:
+        """The actions (n, 7) to execute before the policy looks again: the queued rest of the
+        chunk, or with temporal ensembling the one ensembled action."""
+        if settings.temporal_ensemble is not None:
+            return cls._next_action(episode, settings)[None]
+        actions = np.stack(list(episode.queue))
+        episode.queue.clear()
+        return actions
 
     @staticmethod
     def _next_action(episode: _Episode, settings: RolloutSettings) -> np.ndarray:

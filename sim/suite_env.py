@@ -83,6 +83,44 @@ class SuiteEnv(gym.Env):
             observation = self._with_expert_action(observation)
         return observation, reward, terminated, truncated, info
 
+    def step_many(self, actions: np.ndarray, film: bool = False) -> dict[str, Any]:
+        """Execute actions (n, 7) in order, stopping early when the episode ends.
+
+        Only the last observation is rendered (unless `film`): a policy that executes n actions
+        per chunk looks at one observation in n, and rendering two cameras is most of a step's
+        cost. With `film`, every observation is rendered and `frames` holds the agentview image
+        seen after each executed action but the last (the frames before actions 1..k-1).
+        """
+        if self.env is None:
+            raise RuntimeError("SuiteEnv.step_many before reset")
+        actions = np.asarray(actions, dtype=np.float32).reshape(-1, 7)
+        can_skip_rendering = hasattr(self.env, "render_images") and self.render_images
+        frames: list[np.ndarray] = []
+        reward = 0.0
+        try:
+            for index, action in enumerate(actions):
+                last = index == len(actions) - 1
+                if can_skip_rendering:
+                    self.env.render_images = film or last
+                observation, step_reward, terminated, truncated, info = self.step(action)
+                reward += float(step_reward)
+                if terminated or truncated:
+                    break
+                if film and not last:
+                    frames.append(observation["observation.images.agentview"])
+        finally:
+            if can_skip_rendering:
+                self.env.render_images = True
+        return {
+            "observation": observation,
+            "reward": reward,
+            "terminated": bool(terminated),
+            "truncated": bool(truncated),
+            "info": info,
+            "steps": index + 1,
+            "frames": frames,
+        }
+
     def render(self) -> np.ndarray:
         if self.env is None:
             raise RuntimeError("SuiteEnv.render before reset")

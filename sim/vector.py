@@ -299,6 +299,27 @@ class SubprocVectorEnv:
             )
         return {index: results[index] for index in indices}
 
+    def call_each(self, method_name: str, arguments: Mapping[int, tuple]) -> dict[int, Any]:
+        """Call `env.method_name(*arguments[i])` in every worker i at once, in parallel.
+
+        For env methods that advance an episode (e.g. `SuiteEnv.step_many`), so failures follow
+        `step`: a worker that raises, dies or times out is replaced and its entry is an
+        `EnvResult` failure (the env must be reset), never an exception.
+        """
+        indices = self._check_indices(arguments.keys())
+        results: dict[int, Any] = {}
+        requests = {}
+        for index in indices:
+            if self._needs_reset[index]:
+                results[index] = EnvResult.failure(
+                    f"env {index} must be reset before {method_name} (it is new or was replaced "
+                    "after a crash)"
+                )
+            else:
+                requests[index] = ("call", (method_name, tuple(arguments[index]), {}))
+        results.update(self._exchange(requests, self.step_timeout, method_name))
+        return {index: results[index] for index in indices}
+
     def call(self, index: int, method_name: str, *args: Any, **kwargs: Any) -> Any:
         """Call `env.method_name(*args, **kwargs)` in worker `index` (or read the attribute).
 

@@ -268,6 +268,19 @@ def test_call_errors_keep_the_env() -> None:
         assert venv.crash_count == 1
 
 
+def test_call_each_runs_in_every_worker_and_treats_failures_as_crashes() -> None:
+    with SubprocVectorEnv([partial(make_env, "a"), partial(make_env, "b", "raise", 1)]) as venv:
+        fresh = venv.call_each("get_task", {0: (), 1: ()})
+        assert all(isinstance(reply, EnvResult) and reply.crashed for reply in fresh.values())
+        assert "must be reset" in fresh[0].error and venv.crash_count == 0  # a usage error
+        venv.reset([0, 1])
+        assert venv.call_each("get_task", {1: (), 0: ()}) == {1: "b", 0: "a"}
+        replies = venv.call_each("step", {0: (ACTIONS[0],), 1: (ACTIONS[0],)})
+        assert replies[0][4] == {"t": 1, "success": False}
+        assert replies[1].crashed and "boom at step 1" in replies[1].error
+        assert venv.crash_count == 1
+
+
 def test_close_terminates_workers_and_is_idempotent() -> None:
     venv = SubprocVectorEnv(
         [partial(make_env, "a"), partial(make_env, "b", "hang_on_close")], close_timeout=0.5

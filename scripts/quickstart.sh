@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The main job on a CPU: generate the quickstart dataset (if absent) -> train the tiny model ->
+# evaluate it on every quickstart task's 50 fixed init states -> print the success table.
+#
+#   bash scripts/quickstart.sh          # after scripts/setup.sh (make quickstart does both)
+#
+# Every stage is resumable or cheap to repeat: generation resumes an interrupted dataset and
+# skips a complete one, training resumes from its last checkpoint when run again with RESUME=1.
+# Stage wall times go to outputs/quickstart/timings.json (docs/results.md quotes them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export MUJOCO_GL="${MUJOCO_GL:-egl}"
+python=.venv/bin/python
+out="${QUICKSTART_DIR:-outputs/quickstart}"
+episodes="${QUICKSTART_EPISODES:-30}"     # demonstrations per task
+eval_episodes="${QUICKSTART_EVAL_EPISODES:-50}"  # init states per task (the suite has 50)
+run_name=quickstart
+mkdir -p "$out"
+timings="$out/timings.tsv"
+: >"$timings"
+
+stage() {  # stage NAME COMMAND...: run it and record its wall time
+    local name=$1
+    shift
+    echo "==> $name: $*"
+    local started=$SECONDS
+    "$@"
+    printf '%s\t%s\n' "$name" "$((SECONDS - started))" >>"$timings"
+}
+
+resume=()
+[[ "${RESUME:-0}" == 1 ]] && resume=(--resume)
+
+stage generate .venv/bin/vla-data generate --suite quickstart --episodes-per-task "$episodes" --out "$out/dataset"
+stage render .venv/bin/vla-data render-episode "$out/dataset" --episode 0 --out "$out/episode0.mp4"
+stage train "$python" train.py "${resume[@]}" name="$run_name" data.path="$out/dataset"
+stage evaluate "$python" eval.py --checkpoint "outputs/runs/$run_name/export" --suite quickstart \
+    --episodes-per-task "$eval_episodes" --envs 2 --out "$out/eval"
+
+"$python" - "$timings" "$out/timings.json" <<'EOF'
+import json, sys
+rows = [line.split("\t") for line in open(sys.argv[1]).read().splitlines() if line]
+stages = {name: int(seconds) for name, seconds in rows}
+stages["total"] = sum(stages.values())
+json.dump(stages, open(sys.argv[2], "w"), indent=2)
+print("wall time per stage (s): " + ", ".join(f"{k} {v}" for k, v in stages.items()))
+EOF
+echo "report: $out/eval/summary.md  videos: $out/eval/videos/  checkpoint: outputs/runs/$run_name/export"
