@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="expert blocks refresh every K denoising steps and reuse their output in between",
     )
+    rollout.add_argument(
+        "--noise-scale",
+        type=float,
+        default=1.0,
+        help="sampling temperature: initial noise * this (0: deterministic, the flow from its mean)",
+    )
+    rollout.add_argument(
+        "--train-scenes",
+        action="store_true",
+        help="roll out on training scenes 0..N-1 instead of the evaluation init states "
+        "(the gap between the two separates fitting from generalization)",
+    )
     rollout.add_argument("--videos-per-task", type=int, default=1, help="episodes filmed per task")
     rollout.add_argument(
         "--expert-ceiling",
@@ -102,13 +114,17 @@ def main(argv: list[str] | None = None) -> int:
         from vla.policy import VLAPolicy
 
         policy = VLAPolicy.from_pretrained(
-            args.checkpoint, device=args.device, feature_cache_every=args.feature_cache_every
+            args.checkpoint,
+            device=args.device,
+            feature_cache_every=args.feature_cache_every,
+            noise_scale=args.noise_scale,
         )
     runner_options = dict(
         tasks=args.tasks,
         episodes_per_task=args.episodes_per_task,
         num_envs=args.envs,
         image_size=(image_size, image_size),
+        scenes="train" if args.train_scenes else "eval",
         progress=not args.no_progress,
     )
     try:
@@ -130,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     report["image_size"] = image_size
     if args.feature_cache_every:
         report["settings"]["feature_cache_every"] = args.feature_cache_every
+    report["settings"]["noise_scale"] = args.noise_scale
     expert = None
     if args.expert_ceiling and not args.expert:
         with EnvRunner(

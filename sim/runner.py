@@ -223,6 +223,7 @@ class EnvRunner:
         video_dir: str | Path | None = None,
         oracle_expert: bool = False,
         render_images: bool = True,
+        scenes: str = "eval",
         max_retries: int = 2,
         step_timeout: float | None = 120.0,
         progress: bool = True,
@@ -243,6 +244,12 @@ class EnvRunner:
         if video_episodes_per_task and self.video_dir is None:
             raise ValueError("video_episodes_per_task > 0 needs a video_dir to write the videos to")
         self.oracle_expert = oracle_expert
+        # "eval": the tasks' fixed evaluation init states; "train": training scenes 0..N-1 (the
+        # seeds `vla-data generate` records demonstrations from), to tell fitting from
+        # generalization.
+        if scenes not in ("eval", "train"):
+            raise ValueError(f"scenes must be 'eval' or 'train', got {scenes!r}")
+        self.scenes = scenes
         if not render_images and (not oracle_expert or video_episodes_per_task):
             raise ValueError("render_images=False only suits the oracle expert without videos")
         self.render_images = render_images
@@ -333,10 +340,10 @@ class EnvRunner:
                 order = list(pending)
                 replies = vector_env.reset(
                     order,
-                    options=[
-                        {"task": pending[i].task, "init_state": pending[i].init_state}
-                        for i in order
+                    seeds=[
+                        pending[i].init_state if self.scenes == "train" else None for i in order
                     ],
+                    options=[self._reset_options(pending[i]) for i in order],
                 )
                 retry: dict[int, _Job] = {}
                 for index, reply in zip(order, replies, strict=True):
@@ -410,7 +417,13 @@ class EnvRunner:
             wall_seconds=time.perf_counter() - started,
             num_envs=self.num_envs,
             crashes=vector_env.crash_count - crashes_before,
+            extra={"scenes": self.scenes},
         )
+
+    def _reset_options(self, job: _Job) -> dict[str, Any]:
+        if self.scenes == "train":
+            return {"task": job.task}  # the seed selects training scene `job.init_state`
+        return {"task": job.task, "init_state": job.init_state}
 
     # ------------------------------------------------------------------ chunks and actions
     def _predict(

@@ -168,3 +168,35 @@ def test_from_pretrained_round_trip(parts, tmp_path) -> None:
         loaded.predict_chunk(batch, noise=noise), original.predict_chunk(batch, noise=noise)
     )
     assert loaded.n_action_steps == 3 and loaded.processor.processor == processor.processor
+
+
+def test_noise_scale_zero_is_the_deterministic_flow_from_the_mean(parts) -> None:
+    model, processor = parts
+    observations = [observation(3), observation(4, task=TASKS[1])]
+    policy = VLAPolicy(model, processor, noise_scale=0.0)
+    first, second = policy.predict_chunk(observations), policy.predict_chunk(observations)
+    np.testing.assert_array_equal(first, second)
+    reference = VLAPolicy(model, processor).predict_chunk(
+        observations, noise=torch.zeros(2, model.config.action_horizon, 7)
+    )
+    np.testing.assert_array_equal(first, reference)
+    timings = policy.last_timings
+    assert set(timings) >= {"prefix_ms", "denoise_ms", "reasoning_ms", "total_ms"}
+    assert timings["total_ms"] >= timings["prefix_ms"] + timings["denoise_ms"]
+    with pytest.raises(ValueError, match="noise_scale"):
+        VLAPolicy(model, processor, noise_scale=-1.0)
+
+
+def test_feature_cached_chunks_stay_close_to_uncached_ones(parts) -> None:
+    model, processor = parts
+    observations = [observation(5)]
+    noise = torch.randn(
+        1, model.config.action_horizon, 7, generator=torch.Generator().manual_seed(0)
+    )
+    exact = VLAPolicy(model, processor).predict_chunk(observations, noise=noise)
+    cached_policy = VLAPolicy(model, processor, feature_cache_every=2)
+    cached = cached_policy.predict_chunk(observations, noise=noise)
+    assert cached_policy.last_timings["feature_reuse"] == pytest.approx(0.5)
+    assert np.isfinite(cached).all() and not np.array_equal(cached, exact)
+    scale = np.abs(exact).mean()
+    assert np.abs(cached - exact).mean() < 0.5 * scale

@@ -40,6 +40,7 @@ class VLAPolicy:
         think: bool = False,
         reasoning_every: int = 1,
         feature_cache_every: int | None = None,
+        noise_scale: float = 1.0,
     ) -> None:
         self.model = model.eval().to(device)
         self.processor = processor
@@ -60,6 +61,13 @@ class VLAPolicy:
         if feature_cache_every is not None and feature_cache_every < 1:
             raise ValueError(f"feature_cache_every must be >= 1 or None, got {feature_cache_every}")
         self.feature_cache_every = feature_cache_every
+        # Sampling temperature: the initial noise is noise_scale * N(0, I). 1 samples the learned
+        # action distribution; 0 integrates the flow from its mean, a deterministic policy that
+        # does not replay the demonstrations' action noise (often steadier in closed loop with
+        # little data; docs/results.md).
+        if noise_scale < 0:
+            raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+        self.noise_scale = noise_scale
         # Wall time of the last predict_chunk call's stages, in milliseconds (what eval reports).
         self.last_timings: dict[str, float] = {}
         self.reset()
@@ -130,6 +138,9 @@ class VLAPolicy:
             with _Stopwatch(timings, "prefix_ms", self.device):
                 cache = self.model.encode_prefix(inputs)
         feature_cache = self._feature_cache()
+        if noise is None and self.noise_scale != 1.0:
+            shape = (len(batch), self.config.action_horizon, self.config.action_dim)
+            noise = self.noise_scale * torch.randn(shape, device=self.device)
         with _Stopwatch(timings, "denoise_ms", self.device):
             normalized = self.model.sample_actions(
                 inputs, noise=noise, cache=cache, feature_cache=feature_cache
