@@ -200,3 +200,29 @@ def test_feature_cached_chunks_stay_close_to_uncached_ones(parts) -> None:
     assert np.isfinite(cached).all() and not np.array_equal(cached, exact)
     scale = np.abs(exact).mean()
     assert np.abs(cached - exact).mean() < 0.5 * scale
+
+
+def test_random_shift_translates_training_images_only(parts) -> None:
+    model, processor = parts
+    shifted = Processor(
+        model.config, ProcessorConfig(image_shift=3), dataset_stats(), processor.tokenizer
+    )
+    images = torch.rand(16, 3, 64, 64) * 2 - 1
+    out = shifted.random_shift(images, np.random.default_rng(0))
+    assert out.shape == images.shape and not torch.equal(out, images)
+    # Each output is a translated window of the edge-padded input: its interior matches the
+    # input shifted by some (dy, dx) in [-3, 3]^2.
+    for image, moved in zip(images, out, strict=True):
+        matches = [
+            (dy, dx)
+            for dy in range(-3, 4)
+            for dx in range(-3, 4)
+            if torch.equal(moved[:, 3:-3, 3:-3], image[:, 3 + dy : 61 + dy, 3 + dx : 61 + dx])
+        ]
+        assert len(matches) == 1
+    assert torch.equal(processor.random_shift(images, np.random.default_rng(0)), images)
+    # Inference never shifts: the same observation gives the same model input.
+    obs = observation(7)
+    torch.testing.assert_close(
+        shifted.inputs([obs]).images["agentview"], processor.inputs([obs]).images["agentview"]
+    )

@@ -30,6 +30,10 @@ class ProcessorConfig:
     # sample then teaches acting without thinking); otherwise each tag with `tag_dropout`.
     reasoning_dropout: float = 0.5
     tag_dropout: float = 0.1
+    # Random-shift augmentation (training): each image is padded by this many pixels (edge
+    # replicated, at the model's resolution) and cropped back at a random offset, so the policy
+    # cannot key on exact pixel positions of a few dozen demonstrations (DrQ / Diffusion Policy).
+    image_shift: int = 0
     # robot key -> our key, applied before anything else (e.g. {"observation/image": "observation.images.agentview"})
     key_map: dict[str, str] = field(default_factory=dict)
 
@@ -115,7 +119,7 @@ class Processor:
                 raise KeyError(
                     f"the batch has no {key!r}; the model's cameras are {list(self.config.cameras)}"
                 )
-            images[camera] = self.images(batch[key])
+            images[camera] = self.random_shift(self.images(batch[key]), rng)
         state = self.normalizer.features["observation.state"].normalize(
             batch["observation.state"].float()
         )
@@ -145,6 +149,21 @@ class Processor:
                 pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )
         return pixels * 2.0 - 1.0
+
+    def random_shift(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """(B, 3, S, S) -> the same shape, each image shifted by up to `image_shift` pixels."""
+        shift = self.processor.image_shift
+        if shift <= 0:
+            return images
+        size = images.shape[-1]
+        padded = F.pad(images, (shift, shift, shift, shift), mode="replicate")
+        offsets = rng.integers(0, 2 * shift + 1, size=(images.shape[0], 2))
+        return torch.stack(
+            [
+                padded[index, :, top : top + size, left : left + size]
+                for index, (top, left) in enumerate(offsets.tolist())
+            ]
+        )
 
     def image(self, image: Any) -> torch.Tensor:
         """uint8 (H, W, 3) (or float CHW already in [0, 1]) -> (3, S, S) float in [-1, 1]."""
