@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             video_episodes_per_task=args.videos_per_task,
             video_dir=out / "videos",
             oracle_expert=args.expert,
+            # The expert reads privileged state: without videos nothing needs rendering.
+            render_images=not (args.expert and args.videos_per_task == 0),
             **runner_options,
         )
     except (KeyError, ValueError) as error:

@@ -56,6 +56,12 @@ def main() -> int:
     parser.add_argument("--episodes-per-task", type=int, default=10)
     parser.add_argument("--envs", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument(
+        "--train-scenes",
+        action="store_true",
+        help="training scenes instead of evaluation init states (in-distribution success)",
+    )
+    parser.add_argument("--noise-scale", type=float, default=1.0)
     parser.add_argument("--variants", nargs="+", type=int, help="indices into the variant list")
     parser.add_argument("--out", type=Path, default=Path("outputs/eval_study.json"))
     args = parser.parse_args()
@@ -67,11 +73,14 @@ def main() -> int:
         episodes_per_task=args.episodes_per_task,
         num_envs=args.envs,
         image_size=(args.image_size, args.image_size),
+        scenes="train" if args.train_scenes else "eval",
         progress=False,
     ) as runner:
         for variant in chosen:
             policy = VLAPolicy.from_pretrained(
-                args.checkpoint, feature_cache_every=variant.feature_cache_every
+                args.checkpoint,
+                feature_cache_every=variant.feature_cache_every,
+                noise_scale=args.noise_scale,
             )
             started = time.perf_counter()
             report = runner.run(policy, variant.settings).to_dict()
