@@ -35,13 +35,14 @@ resume=()
 stage generate .venv/bin/vla-data generate --suite quickstart --episodes-per-task "$episodes" --out "$out/dataset"
 stage render .venv/bin/vla-data render-episode "$out/dataset" --episode 0 --out "$out/episode0.mp4"
 stage train "$python" train.py "${resume[@]}" name="$run_name" data.path="$out/dataset"
-# Deterministic sampling (--noise-scale 0) is steadier in closed loop with this little data.
-stage evaluate "$python" eval.py --checkpoint "outputs/runs/$run_name/export" --suite quickstart \
-    --episodes-per-task "$eval_episodes" --envs 2 --noise-scale 0 --expert-ceiling --out "$out/eval"
-# The same policy from scenes it was trained on: the gap to the line above is generalization.
+# The policy on scenes it was trained on: the gap to the evaluation below is generalization.
 stage evaluate_train_scenes "$python" eval.py --checkpoint "outputs/runs/$run_name/export" \
     --suite quickstart --episodes-per-task "${QUICKSTART_TRAIN_SCENES:-10}" --envs 2 --noise-scale 0 \
     --train-scenes --videos-per-task 0 --no-progress --out "$out/eval_train_scenes"
+
+# Deterministic sampling (--noise-scale 0) is steadier in closed loop with this little data.
+stage evaluate "$python" eval.py --checkpoint "outputs/runs/$run_name/export" --suite quickstart \
+    --episodes-per-task "$eval_episodes" --envs 2 --noise-scale 0 --expert-ceiling --out "$out/eval"
 
 "$python" - "$timings" "$out/timings.json" <<'EOF'
 import json, sys
