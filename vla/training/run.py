@@ -111,6 +111,7 @@ def train(
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
+    _finish_wandb()
     export_dir = run_dir / "export"
     if trainer.is_global_zero:
         _write_run_info(run_dir, config, trainer, module)
@@ -131,6 +132,15 @@ def train(
             train_config=config.to_dict(),
         )
     return export_dir
+
+
+def _finish_wandb() -> None:
+    """Close this run's wandb run: otherwise the next `train` in the same process (a sweep, the
+    tests) silently logs into it instead of starting its own."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
 
 
 def _write_run_info(
