@@ -96,7 +96,7 @@ def train(
         max_steps=config.trainer.max_steps,
         accelerator=config.trainer.accelerator,
         devices=config.trainer.devices,
-        strategy=config.trainer.strategy,
+        strategy=_strategy(config),
         precision=config.trainer.precision,
         gradient_clip_val=config.optim.grad_clip,
         accumulate_grad_batches=config.trainer.accumulate_grad_batches,
@@ -132,6 +132,15 @@ def train(
             train_config=config.to_dict(),
         )
     return export_dir
+
+
+def _strategy(config: TrainConfig) -> str:
+    """Act-only training (reasoning_dropout=1) never uses the reasoning read-out, and plain DDP
+    refuses parameters without gradients; tell it to expect them."""
+    strategy = config.trainer.strategy
+    if strategy == "ddp" and config.processor.reasoning_dropout >= 1.0:
+        return "ddp_find_unused_parameters_true"
+    return strategy
 
 
 def _finish_wandb() -> None:
