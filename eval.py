@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from sim.report import write_report
     from sim.runner import EnvRunner, ExpertPolicy, RolloutSettings
 
     if args.checkpoint is not None and not (args.checkpoint / "config.json").is_file():
@@ -184,25 +185,18 @@ def training_image_size(checkpoint: Path | None) -> int | None:
     return int(feature.shape[0]) if feature else None
 
 
-def write_report(report: dict, out: Path, expert: dict | None) -> dict[str, Path]:
-    from sim.report import write_report as write
-
-    return write(report, out, expert=expert)
-
-
 def print_summary(report: dict, expert: dict | None, paths: dict[str, Path]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    expert_rates = {}
-    if expert is not None:
-        expert_rates = {row["task"]: row["success_rate"] for row in expert["tasks"]}
-        expert_rates["overall"] = expert["overall"]["success_rate"]
+    from sim.report import expert_rates
+
+    expert_by_task = expert_rates(expert)
     table = Table(title=f"{report['suite']}: success over fixed init states")
     for column in ("task", "success", "95% CI", "episodes", "mean length", "expert"):
         table.add_column(column, justify="left" if column == "task" else "right")
     for row in [*report["tasks"], report["overall"]]:
-        rate = expert_rates.get(row["task"])
+        rate = expert_by_task.get(row["task"])
         table.add_row(
             row["task"],
             f"{row['success_rate']:.0%}",

@@ -36,11 +36,15 @@ def _replace_durably(temp: Path, path: Path) -> None:
     os.replace(temp, path)
 
 
-def atomic_write_json(path: Path, payload: Any) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_path(path)
-    temp.write_text(json.dumps(payload, indent=2) + "\n")
+    temp.write_text(text)
     _replace_durably(temp, path)
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:

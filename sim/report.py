@@ -7,13 +7,13 @@ so reports can be rebuilt from report.json alone.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from data.layout import atomic_move, atomic_write_text
 from data.reasoning import Reasoning, parse_reasoning
 from data.render import draw_labels, object_colors, pad_to, video_frame_shape
 from data.video import encode_video
@@ -43,7 +43,7 @@ def write_rollout_video(
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial.mp4")
     encode_video(video, partial, FPS)
-    os.replace(partial, path)  # a crash never leaves a truncated video under the final name
+    atomic_move(partial, path)  # a crash never leaves a truncated video under the final name
     return path
 
 
@@ -65,18 +65,23 @@ def write_report(
         "summary": out_dir / "summary.md",
         "plot": out_dir / "success.png",
     }
-    _atomic_write_text(paths["report"], json.dumps(payload, indent=2, default=_json_default))
-    _atomic_write_text(paths["summary"], markdown_summary(payload))
+    atomic_write_text(paths["report"], json.dumps(payload, indent=2, default=_json_default))
+    atomic_write_text(paths["summary"], markdown_summary(payload))
     plot_success(payload, paths["plot"])
     return paths
 
 
+def expert_rates(expert: Mapping[str, Any] | None) -> dict[str, float]:
+    """Task (and "overall") -> the expert's success rate, from its report; {} without one."""
+    if not expert:
+        return {}
+    rates = {row["task"]: row["success_rate"] for row in expert["tasks"]}
+    rates["overall"] = expert["overall"]["success_rate"]
+    return rates
+
+
 def markdown_summary(report: Mapping[str, Any]) -> str:
-    expert_rates = {
-        row["task"]: row["success_rate"] for row in report.get("expert", {}).get("tasks", [])
-    }
-    if "expert" in report:
-        expert_rates["overall"] = report["expert"]["overall"]["success_rate"]
+    expert_by_task = expert_rates(report.get("expert"))
     header = "| task | success | 95% CI | episodes | mean length | expert |"
     lines = [
         f"# Evaluation: {report['suite']}",
@@ -88,7 +93,7 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in [*report["tasks"], report["overall"]]:
-        expert = expert_rates.get(row["task"])
+        expert = expert_by_task.get(row["task"])
         name = "**overall**" if row["task"] == "overall" else row["task"]
         lines.append(
             f"| {name} | {row['success_rate']:.0%} ({row['successes']}/{row['episodes']}) "
@@ -138,14 +143,12 @@ def plot_success(report: Mapping[str, Any], path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) + 1), 3.6))
     colors = ["#4C72B0"] * (len(rows) - 1) + ["#DD8452"]
     axes.bar(range(len(rows)), rates, yerr=errors, color=colors, capsize=4)
-    expert = report.get("expert")
-    if expert:
-        expert_rates = {row["task"]: row["success_rate"] for row in expert["tasks"]}
-        expert_rates["overall"] = expert["overall"]["success_rate"]
-        xs = [i for i, row in enumerate(rows) if row["task"] in expert_rates]
+    expert_by_task = expert_rates(report.get("expert"))
+    if expert_by_task:
+        xs = [i for i, row in enumerate(rows) if row["task"] in expert_by_task]
         axes.scatter(
             xs,
-            [expert_rates[rows[i]["task"]] for i in xs],
+            [expert_by_task[rows[i]["task"]] for i in xs],
             marker="_",
             s=400,
             color="black",
@@ -164,7 +167,7 @@ def plot_success(report: Mapping[str, Any], path: Path) -> Path:
     partial = path.with_name(path.name + ".partial.png")
     figure.savefig(partial, dpi=120, format="png")
     plt.close(figure)
-    os.replace(partial, path)
+    atomic_move(partial, path)
     return path
 
 
@@ -182,9 +185,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to report.json")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)

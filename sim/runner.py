@@ -34,10 +34,8 @@ import numpy as np
 from tqdm import tqdm
 
 from sim.registry import get_suite
-from sim.suite_env import EXPERT_ACTION_KEY, build_suite_env
+from sim.suite_env import AGENTVIEW_KEY, EXPERT_ACTION_KEY, build_suite_env
 from sim.vector import EnvResult, SubprocVectorEnv
-
-AGENTVIEW_KEY = "observation.images.agentview"
 
 
 class ChunkPolicy(Protocol):

@@ -23,6 +23,7 @@ import numpy as np
 from sim.registry import get_suite, make
 
 EXPERT_ACTION_KEY = "expert.action"
+AGENTVIEW_KEY = "observation.images.agentview"  # the camera that videos film
 
 
 class SuiteEnv(gym.Env):
@@ -37,7 +38,7 @@ class SuiteEnv(gym.Env):
         render_images: bool = True,
         max_cached_envs: int = 2,
     ) -> None:
-        self.spec_ = get_suite(suite)
+        get_suite(suite)  # an unknown suite fails here, with the list of known ones
         self.suite = suite
         self.image_size = tuple(image_size)
         self.oracle_expert = oracle_expert
@@ -107,7 +108,7 @@ class SuiteEnv(gym.Env):
                 if terminated or truncated:
                     break
                 if film and not last:
-                    frames.append(observation["observation.images.agentview"])
+                    frames.append(observation[AGENTVIEW_KEY])
         finally:
             if can_skip_rendering:
                 self.env.render_images = True

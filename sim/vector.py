@@ -275,17 +275,9 @@ class SubprocVectorEnv:
     def step(self, actions: Mapping[int, np.ndarray]) -> dict[int, EnvResult]:
         """Step only the envs in `actions`, all at once: send every action, then collect."""
         indices = self._check_indices(actions.keys())
+        requests = {index: ("step", np.asarray(actions[index])) for index in indices}
         results: dict[int, EnvResult] = {}
-        requests = {}
-        for index in indices:
-            if self._needs_reset[index]:
-                results[index] = EnvResult.failure(
-                    f"env {index} must be reset before it is stepped (it is new or was replaced "
-                    "after a crash)"
-                )
-            else:
-                requests[index] = ("step", np.asarray(actions[index]))
-        for index, reply in self._exchange(requests, self.step_timeout, "step").items():
+        for index, reply in self._exchange_with_reset_envs(requests, "step").items():
             if isinstance(reply, EnvResult):
                 results[index] = reply
                 continue
@@ -297,7 +289,7 @@ class SubprocVectorEnv:
                 truncated=bool(truncated),
                 info=dict(info),
             )
-        return {index: results[index] for index in indices}
+        return results
 
     def call_each(self, method_name: str, arguments: Mapping[int, tuple]) -> dict[int, Any]:
         """Call `env.method_name(*arguments[i])` in every worker i at once, in parallel.
@@ -307,18 +299,10 @@ class SubprocVectorEnv:
         `EnvResult` failure (the env must be reset), never an exception.
         """
         indices = self._check_indices(arguments.keys())
-        results: dict[int, Any] = {}
-        requests = {}
-        for index in indices:
-            if self._needs_reset[index]:
-                results[index] = EnvResult.failure(
-                    f"env {index} must be reset before {method_name} (it is new or was replaced "
-                    "after a crash)"
-                )
-            else:
-                requests[index] = ("call", (method_name, tuple(arguments[index]), {}))
-        results.update(self._exchange(requests, self.step_timeout, method_name))
-        return {index: results[index] for index in indices}
+        requests = {
+            index: ("call", (method_name, tuple(arguments[index]), {})) for index in indices
+        }
+        return self._exchange_with_reset_envs(requests, method_name)
 
     def call(self, index: int, method_name: str, *args: Any, **kwargs: Any) -> Any:
         """Call `env.method_name(*args, **kwargs)` in worker `index` (or read the attribute).
@@ -391,6 +375,25 @@ class SubprocVectorEnv:
         if len(values) != len(indices):
             raise ValueError(f"{len(values)} {name} given for {len(indices)} env indices")
         return values
+
+    def _exchange_with_reset_envs(
+        self, requests: Mapping[int, tuple[str, Any]], what: str
+    ) -> dict[int, Any]:
+        """`_exchange` for requests that advance an episode: an env that is new or was replaced
+        after a crash gets an `EnvResult` failure (a usage error, not a crash) instead of the
+        request. Replies are in the order of `requests`."""
+        replies: dict[int, Any] = {}
+        ready = {}
+        for index, request in requests.items():
+            if self._needs_reset[index]:
+                replies[index] = EnvResult.failure(
+                    f"env {index} must be reset before {what} (it is new or was replaced after "
+                    "a crash)"
+                )
+            else:
+                ready[index] = request
+        replies.update(self._exchange(ready, self.step_timeout, what))
+        return {index: replies[index] for index in requests}
 
     def _exchange(
         self,
