@@ -39,6 +39,15 @@ if ((${#missing[@]})); then
 fi
 
 if [[ ! -x "$venv/bin/python" ]]; then
+    # A fresh install unpacks torch's CUDA libraries (~8.5 GB with everything else): running out
+    # of disk half way leaves a broken venv and pip's bare "No space left on device".
+    need_gb=10
+    free_gb=$(( $(df -Pk . | awk 'NR == 2 {print $4}') / 1024 / 1024 ))
+    if (( free_gb < need_gb )); then
+        echo "error: installing into $PWD/$venv needs about $need_gb GB of free disk, but only" >&2
+        echo "       $free_gb GB is free there (df -h $PWD). Free some space and run this again." >&2
+        exit 1
+    fi
     echo "==> creating virtual environment $venv"
     "$python" -m venv "$venv"
 fi
