@@ -250,7 +250,7 @@ class TabletopEnv(gym.Env):
         for spec in self.task.objects:
             x, y = placed[spec.name]
             z = TABLE_OFFSET[2] + half_height(spec.kind) + 0.002
-            yaw = rng.uniform(-np.pi / 4, np.pi / 4) if not spec.kind == "bowl" else 0.0
+            yaw = rng.uniform(-self.task.max_yaw, self.task.max_yaw) if spec.kind != "bowl" else 0.0
             quat = np.array(
                 [np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]
             )  # (w, x, y, z) as MuJoCo stores
@@ -269,8 +269,12 @@ class TabletopEnv(gym.Env):
         range_y: float,
     ) -> np.ndarray | None:
         """A free (x, y) for `spec` that keeps clear of what is placed and obeys its constraint."""
+        region = self.task.regions.get(spec.name)
         for _ in range(50):
-            if constraint is None:
+            if region is not None:
+                half = self.task.region_half_size
+                candidate = np.asarray(region) + rng.uniform(-half, half, size=2)
+            elif constraint is None:
                 candidate = np.array(
                     [rng.uniform(-range_x, range_x), rng.uniform(-range_y, range_y)]
                 )

@@ -3,6 +3,8 @@ labels that agree with rendered pixels, and dataset generation that is ordered a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import mujoco
 import numpy as np
 import pytest
@@ -91,6 +93,24 @@ def test_init_states_are_fixed_and_disjoint_from_training_seeds(
     )
     with pytest.raises(ValueError, match="init_state must be in 0..49"):
         quickstart_env.reset(options={"init_state": 50})
+
+
+def test_quickstart_objects_stay_in_their_regions(quickstart_env: TabletopEnv) -> None:
+    """LIBERO-style layout: every object within its region's square, turned by <= max_yaw."""
+    task = quickstart_env.task
+    assert set(task.regions) == {spec.name for spec in task.objects}
+    offsets = []
+    for init_state in range(0, 50, 5):
+        quickstart_env.reset(options={"init_state": init_state})
+        for name, centre in task.regions.items():
+            offset = quickstart_env.object_position(name)[:2] - np.asarray(centre)
+            assert np.all(np.abs(offset) <= task.region_half_size + 1e-6), (name, offset)
+            offsets.append(offset)
+            if name != "bowl":
+                assert abs(quickstart_env.object_yaw(name)) <= task.max_yaw + 1e-6
+    assert np.ptp(np.array(offsets), axis=0).min() > task.region_half_size, "positions vary"
+    with pytest.raises(ValueError, match="regions name unknown object 'green cube'"):
+        replace(task, regions={"green cube": (0.0, 0.0)})
 
 
 def test_truncates_after_max_episode_steps() -> None:
