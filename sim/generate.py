@@ -12,6 +12,7 @@ on load, as the writer drops uncommitted rows).
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import multiprocessing
 import os
@@ -178,7 +179,21 @@ def _config_json(config: GenerationConfig) -> dict[str, Any]:
     payload = asdict(config)
     payload["image_size"] = list(config.image_size)
     payload["tasks"] = list(config.tasks)
+    payload["scene_layout"] = scene_layout_fingerprint(config.suite)
     return payload
+
+
+def scene_layout_fingerprint(suite: str) -> str | None:
+    """A short hash of how our suite's scenes are drawn (objects, regions, ranges, turns).
+
+    Why: the same seeds give other scenes once a task's layout changes, so resuming a dataset
+    generated before the change would mix two scene distributions without any error.
+    None for suites we do not define (LIBERO's scenes come from its own files)."""
+    from sim.suites import SUITE_TASKS
+
+    if suite not in SUITE_TASKS:
+        return None
+    return hashlib.sha256(repr(SUITE_TASKS[suite]).encode()).hexdigest()[:12]
 
 
 def generate_dataset(

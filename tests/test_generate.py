@@ -13,7 +13,12 @@ import pytest
 
 from data.reader import LeRobotDatasetReader
 from data.reasoning import Reasoning
-from sim.generate import GENERATION_PATH, GenerationConfig, generate_dataset
+from sim.generate import (
+    GENERATION_PATH,
+    GenerationConfig,
+    generate_dataset,
+    scene_layout_fingerprint,
+)
 
 pytestmark = pytest.mark.slow
 TASK = "put the blue cube on the plate"
@@ -81,6 +86,14 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="seed: 0 vs 1"):
         generate_dataset(other, tmp_path / "ds", workers=1, progress=False)
+    # A dataset drawn before the suite's scene layout changed: same seeds, other scenes.
+    ledger = tmp_path / "ds" / GENERATION_PATH
+    payload = json.loads(ledger.read_text())
+    assert payload["config"]["scene_layout"] == scene_layout_fingerprint("quickstart")
+    payload["config"]["scene_layout"] = "0123456789ab"
+    ledger.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="scene_layout: '0123456789ab' vs"):
+        generate_dataset(config(2), tmp_path / "ds", workers=1, progress=False)
 
 
 def test_cli_generate_then_info(tmp_path: Path) -> None:
