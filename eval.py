@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             render_images=False,
             **runner_options,
         ) as expert_runner:
-            expert = expert_runner.run(ExpertPolicy()).to_dict()
+            expert = expert_runner.run(ExpertPolicy(in_worker=True)).to_dict()
     paths = write_report(report, out, expert=expert)
     print_summary(report, expert, paths)
     return 0

@@ -15,6 +15,7 @@ how the evaluator's own success measurement is checked against the expert's know
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -49,6 +50,7 @@ class SuiteEnv(gym.Env):
         self._envs: collections.OrderedDict[str, gym.Env] = collections.OrderedDict()
         self.env: gym.Env | None = None
         self._expert: Any = None
+        self._last_observation: dict[str, Any] = {}
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -74,6 +76,7 @@ class SuiteEnv(gym.Env):
             expert_seed = int(options.get("init_state", seed or 0))
             self._expert = ScriptedExpert(self.env, seed=expert_seed)
             observation = self._with_expert_action(observation)
+        self._last_observation = observation
         return observation, info
 
     def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
@@ -82,6 +85,7 @@ class SuiteEnv(gym.Env):
         observation, reward, terminated, truncated, info = self.env.step(action)
         if self.oracle_expert and not (terminated or truncated):
             observation = self._with_expert_action(observation)
+        self._last_observation = observation
         return observation, reward, terminated, truncated, info
 
     def step_many(self, actions: np.ndarray, film: bool = False) -> dict[str, Any]:
@@ -92,17 +96,40 @@ class SuiteEnv(gym.Env):
         cost. With `film`, every observation is rendered and `frames` holds the agentview image
         seen after each executed action but the last (the frames before actions 1..k-1).
         """
+        actions = np.asarray(actions, dtype=np.float32).reshape(-1, 7)
+        return self._run(lambda index, _observation: actions[index], len(actions), film)
+
+    def follow_expert(self, film: bool = False) -> dict[str, Any]:
+        """Let the oracle expert act until the episode ends, inside this process.
+
+        Why: the expert's next action depends on the state its last one produced, so run from
+        the evaluation loop it costs one round trip to the worker per step, which doubles the
+        expert ceiling's wall time. Same reply as `step_many`, for the same episode.
+        """
+        if not self.oracle_expert:
+            raise RuntimeError("SuiteEnv.follow_expert needs oracle_expert=True")
+        limit = self.env.max_episode_steps if self.env is not None else 0
+        return self._run(lambda _index, observation: observation[EXPERT_ACTION_KEY], limit, film)
+
+    def _run(
+        self,
+        next_action: Callable[[int, dict[str, Any]], np.ndarray],
+        limit: int,
+        film: bool,
+    ) -> dict[str, Any]:
+        """Step `next_action(index, observation)` up to `limit` times (the step_many contract)."""
         if self.env is None:
             raise RuntimeError("SuiteEnv.step_many before reset")
-        actions = np.asarray(actions, dtype=np.float32).reshape(-1, 7)
         can_skip_rendering = hasattr(self.env, "render_images") and self.render_images
         frames: list[np.ndarray] = []
         reward = 0.0
+        observation = self._last_observation
         try:
-            for index, action in enumerate(actions):
-                last = index == len(actions) - 1
+            for index in range(limit):
+                last = index == limit - 1
                 if can_skip_rendering:
                     self.env.render_images = film or last
+                action = next_action(index, observation)
                 observation, step_reward, terminated, truncated, info = self.step(action)
                 reward += float(step_reward)
                 if terminated or truncated:

@@ -78,6 +78,7 @@ def test_expert_through_the_runner_matches_direct_rollouts() -> None:
     tasks = list(suite_tasks("quickstart")[:2])
     with expert_runner(tasks, episodes_per_task=3, num_envs=2) as runner:
         metrics = runner.run(ExpertPolicy())
+        in_worker = runner.run(ExpertPolicy(in_worker=True))
     direct = {}
     for task in tasks:
         env = make("quickstart", task, render_images=False)
@@ -86,6 +87,11 @@ def test_expert_through_the_runner_matches_direct_rollouts() -> None:
         env.close()
     measured = {(e.task, e.init_state): e.success for e in metrics.episodes}
     assert measured == direct
+    # The expert run inside the workers (eval.py's ceiling) lives the same episodes, step for step.
+    assert [(e.task, e.init_state, e.success, e.steps) for e in in_worker.episodes] == [
+        (e.task, e.init_state, e.success, e.steps) for e in metrics.episodes
+    ]
+    assert not in_worker.policy_calls
     # The expert's known success on our suites is ~99.8% (docs/expert_success.md).
     assert metrics.success_rate >= 5 / 6
     assert metrics.crashes == 0 and all(e.error is None for e in metrics.episodes)
@@ -99,6 +105,7 @@ class FirstCallCrashes(ExpertPolicy):
     """Sends a non-finite action once: the env raises inside its worker (a crash)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
 
     def predict_chunk(self, observations, think=False, reasoning=None):  # noqa: ANN001, ANN201
