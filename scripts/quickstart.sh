@@ -37,7 +37,7 @@ stage render .venv/bin/vla-data render-episode "$out/dataset" --episode 0 --out 
 stage train "$python" train.py "${resume[@]}" name="$run_name" data.path="$out/dataset"
 # The policy on scenes it was trained on: the gap to the evaluation below is generalization.
 stage evaluate_train_scenes "$python" eval.py --checkpoint "outputs/runs/$run_name/export" \
-    --suite quickstart --episodes-per-task "${QUICKSTART_TRAIN_SCENES:-5}" --envs 2 --noise-scale 0 \
+    --suite quickstart --episodes-per-task "${QUICKSTART_TRAIN_SCENES:-10}" --envs 2 --noise-scale 0 \
     --train-scenes --videos-per-task 0 --no-progress --out "$out/eval_train_scenes"
 
 # Deterministic sampling (--noise-scale 0) is steadier in closed loop with this little data.

@@ -521,9 +521,10 @@ class ExpertPolicy:
     """The scripted expert as a "policy": replays the privileged action each observation carries
     when the runner was built with `oracle_expert=True` (chunks of one action).
 
-    `in_worker=True` lets each env worker run the expert to its episode's end instead (the same
-    episodes, about half the wall time: no round trip per step); the default goes through the
-    same chunk loop as a learned policy, which is what the runner's tests check it with.
+    `in_worker=True` lets each env worker run the expert to its episode's end instead: the same
+    episodes without a round trip to the worker per step (eval.py's ceiling uses it). The default
+    goes through the same chunk loop as a learned policy, which is what the runner's tests
+    check that loop with.
     """
 
     def __init__(self, in_worker: bool = False) -> None:

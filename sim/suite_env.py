@@ -103,8 +103,8 @@ class SuiteEnv(gym.Env):
         """Let the oracle expert act until the episode ends, inside this process.
 
         Why: the expert's next action depends on the state its last one produced, so run from
-        the evaluation loop it costs one round trip to the worker per step, which doubles the
-        expert ceiling's wall time. Same reply as `step_many`, for the same episode.
+        the evaluation loop it costs one round trip to the worker per step. Same reply as
+        `step_many`, for the same episode.
         """
         if not self.oracle_expert:
             raise RuntimeError("SuiteEnv.follow_expert needs oracle_expert=True")
