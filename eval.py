@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         reasoning_every=args.reasoning_every,
     )
     if args.expert:
-        policy: Any = ExpertPolicy()
+        policy: Any = ExpertPolicy(in_worker=True)
     else:
         from vla.policy import VLAPolicy
 

@@ -50,7 +50,7 @@ class SuiteEnv(gym.Env):
         self._envs: collections.OrderedDict[str, gym.Env] = collections.OrderedDict()
         self.env: gym.Env | None = None
         self._expert: Any = None
-        self._last_observation: dict[str, Any] = {}
+        self._expert_action: np.ndarray | None = None  # the oracle's next action, once reset
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -76,7 +76,6 @@ class SuiteEnv(gym.Env):
             expert_seed = int(options.get("init_state", seed or 0))
             self._expert = ScriptedExpert(self.env, seed=expert_seed)
             observation = self._with_expert_action(observation)
-        self._last_observation = observation
         return observation, info
 
     def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
@@ -85,7 +84,6 @@ class SuiteEnv(gym.Env):
         observation, reward, terminated, truncated, info = self.env.step(action)
         if self.oracle_expert and not (terminated or truncated):
             observation = self._with_expert_action(observation)
-        self._last_observation = observation
         return observation, reward, terminated, truncated, info
 
     def step_many(self, actions: np.ndarray, film: bool = False) -> dict[str, Any]:
@@ -97,7 +95,7 @@ class SuiteEnv(gym.Env):
         seen after each executed action but the last (the frames before actions 1..k-1).
         """
         actions = np.asarray(actions, dtype=np.float32).reshape(-1, 7)
-        return self._run(lambda index, _observation: actions[index], len(actions), film)
+        return self._run(lambda index: actions[index], len(actions), film)
 
     def follow_expert(self, film: bool = False) -> dict[str, Any]:
         """Let the oracle expert act until the episode ends, inside this process.
@@ -108,29 +106,30 @@ class SuiteEnv(gym.Env):
         """
         if not self.oracle_expert:
             raise RuntimeError("SuiteEnv.follow_expert needs oracle_expert=True")
-        limit = self.env.max_episode_steps if self.env is not None else 0
-        return self._run(lambda _index, observation: observation[EXPERT_ACTION_KEY], limit, film)
+        if self.env is None:
+            raise RuntimeError("SuiteEnv.follow_expert before reset")
+        return self._run(lambda _index: self._expert_action, self.env.max_episode_steps, film)
 
     def _run(
         self,
-        next_action: Callable[[int, dict[str, Any]], np.ndarray],
+        next_action: Callable[[int], np.ndarray],
         limit: int,
         film: bool,
     ) -> dict[str, Any]:
-        """Step `next_action(index, observation)` up to `limit` times (the step_many contract)."""
+        """Step `next_action(index)` up to `limit` times (the step_many contract)."""
         if self.env is None:
             raise RuntimeError("SuiteEnv.step_many before reset")
         can_skip_rendering = hasattr(self.env, "render_images") and self.render_images
         frames: list[np.ndarray] = []
         reward = 0.0
-        observation = self._last_observation
         try:
             for index in range(limit):
                 last = index == limit - 1
                 if can_skip_rendering:
                     self.env.render_images = film or last
-                action = next_action(index, observation)
-                observation, step_reward, terminated, truncated, info = self.step(action)
+                observation, step_reward, terminated, truncated, info = self.step(
+                    next_action(index)
+                )
                 reward += float(step_reward)
                 if terminated or truncated:
                     break
@@ -173,8 +172,8 @@ class SuiteEnv(gym.Env):
         return env
 
     def _with_expert_action(self, observation: dict[str, Any]) -> dict[str, Any]:
-        step = self._expert.act()
-        return {**observation, EXPERT_ACTION_KEY: np.asarray(step.action, dtype=np.float32)}
+        self._expert_action = np.asarray(self._expert.act().action, dtype=np.float32)
+        return {**observation, EXPERT_ACTION_KEY: self._expert_action}
 
 
 def build_suite_env(
