@@ -25,13 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help="an exported checkpoint directory")
     source.add_argument(
         "--expert", action="store_true", help="evaluate the scripted expert instead (our suites)"
     )
     parser.add_argument("--suite", required=True, help="e.g. quickstart, tabletop, libero_spatial")
     parser.add_argument("--tasks", nargs="+", help="task indices or names (default: all)")
+    parser.add_argument(
+        "--list-tasks", action="store_true", help="print the suite's tasks with their indices"
+    )
     parser.add_argument("--episodes-per-task", type=int, default=50, help="init states 0..N-1")
     parser.add_argument("--envs", type=int, default=2, help="parallel environment processes")
     parser.add_argument("--out", type=Path, help="report directory")
@@ -88,9 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_tasks:
+        return list_tasks(args.suite)
+    if args.checkpoint is None and not args.expert:
+        parser.error("one of --checkpoint or --expert is required (or --list-tasks)")
     from sim.report import write_report
-    from sim.runner import EnvRunner, ExpertPolicy, RolloutSettings
+    from sim.runner import EnvRunner
 
     if args.checkpoint is not None and not (args.checkpoint / "config.json").is_file():
         print(
@@ -103,24 +111,25 @@ def main(argv: list[str] | None = None) -> int:
         (args.checkpoint / "eval" / args.suite) if args.checkpoint else Path("outputs/eval/expert")
     )
     image_size = args.image_size or training_image_size(args.checkpoint) or DEFAULT_IMAGE_SIZE
-    settings = RolloutSettings(
-        n_action_steps=1 if args.expert else args.n_action_steps,
-        temporal_ensemble=args.temporal_ensemble,
-        think=args.think,
-        reasoning_every=args.reasoning_every,
-    )
-    if args.expert:
-        policy: Any = ExpertPolicy(in_worker=True)
-    else:
+    policy = None
+    if args.checkpoint is not None:
         from vla.policy import VLAPolicy
 
-        policy = VLAPolicy.from_pretrained(
-            args.checkpoint,
-            device=args.device,
-            feature_cache_every=args.feature_cache_every,
-            noise_scale=args.noise_scale,
-        )
-    runner_options = dict(
+        try:
+            policy = VLAPolicy.from_pretrained(
+                args.checkpoint,
+                device=args.device,
+                n_action_steps=args.n_action_steps,
+                temporal_ensemble=args.temporal_ensemble,
+                think=args.think,
+                reasoning_every=args.reasoning_every,
+                feature_cache_every=args.feature_cache_every,
+                noise_scale=args.noise_scale,
+            )
+        except ValueError as error:  # bad rollout settings, or thinking without reasoning
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    runner_options: dict[str, Any] = dict(
         tasks=args.tasks,
         episodes_per_task=args.episodes_per_task,
         num_envs=args.envs,
@@ -131,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runner = EnvRunner(
             args.suite,
-            settings=settings,
             video_episodes_per_task=args.videos_per_task,
-            video_dir=out / "videos",
             oracle_expert=args.expert,
             # The expert reads privileged state: without videos nothing needs rendering.
             render_images=not (args.expert and args.videos_per_task == 0),
@@ -143,25 +150,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
         return 2
     with runner:
-        metrics = runner.run(policy)
+        if policy is None:
+            metrics = runner.run_expert(video_dir=out / "videos")
+        else:
+            metrics = runner.run(policy, policy.new_chunker, video_dir=out / "videos")
     report = metrics.to_dict()
     report["checkpoint"] = str(args.checkpoint) if args.checkpoint else "scripted expert"
     report["image_size"] = image_size
-    if args.feature_cache_every:
-        report["settings"]["feature_cache_every"] = args.feature_cache_every
-    report["settings"]["noise_scale"] = args.noise_scale
+    if policy is not None:
+        if args.feature_cache_every:
+            report["settings"]["feature_cache_every"] = args.feature_cache_every
+        report["settings"]["noise_scale"] = args.noise_scale
     expert = None
-    if args.expert_ceiling and not args.expert:
+    if args.expert_ceiling and policy is not None:
         with EnvRunner(
-            args.suite,
-            settings=RolloutSettings(n_action_steps=1),
-            oracle_expert=True,
-            render_images=False,
-            **runner_options,
+            args.suite, oracle_expert=True, render_images=False, **runner_options
         ) as expert_runner:
-            expert = expert_runner.run(ExpertPolicy(in_worker=True)).to_dict()
+            expert = expert_runner.run_expert().to_dict()
     paths = write_report(report, out, expert=expert)
     print_summary(report, expert, paths)
+    return 0
+
+
+def list_tasks(suite: str) -> int:
+    from sim.catalog import get_suite
+
+    try:
+        spec = get_suite(suite)
+    except (KeyError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for index, task in enumerate(spec.tasks):
+        print(f"{index:3d}  {task}")
     return 0
 
 

@@ -63,14 +63,14 @@ def periodic_evaluation(config: Any) -> Iterator[list]:
         num_envs=section.num_envs,
         image_size=(section.image_size, section.image_size),
         video_episodes_per_task=section.videos_per_task,
-        video_dir=video_root,
         progress=False,
     )
 
     runs = itertools.count()
 
     def evaluate(policy: Any) -> dict:
-        return runner.run(policy, video_dir=video_root / f"eval{next(runs):03d}").to_dict()
+        video_dir = video_root / f"eval{next(runs):03d}"
+        return runner.run(policy, policy.new_chunker, video_dir=video_dir).to_dict()
 
     with runner:
         yield [PeriodicEvaluation(evaluate, section.every_n_steps)]

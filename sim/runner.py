@@ -1,4 +1,4 @@
-"""`EnvRunner.run(policy) -> EvalMetrics`: closed-loop rollouts of a policy in K parallel envs.
+"""`EnvRunner.run(policy, new_chunker) -> EvalMetrics`: closed-loop rollouts in K parallel envs.
 
 The runner owns the rollout protocol, so eval.py, the training callback and tests all measure
 success the same way:
@@ -6,18 +6,16 @@ success the same way:
 - episodes are (task, fixed init state) pairs, init states 0..N-1 of every task (ours and
   LIBERO's), run with the suite's maximum episode length and settle steps (the envs apply both);
 - K `SuiteEnv` workers in separate processes take episodes from one queue; every env that needs a
-  new chunk in a control step is served by one batched `policy.predict_chunk` call;
-- receding horizon: the first `n_action_steps` actions of a chunk are executed before predicting
-  again, or, with `temporal_ensemble=k`, a chunk is predicted every step and each step's action is
-  the exp(-k i)-weighted average of all chunks covering it (i = 0 for the oldest);
-- think mode: the chain of thought is generated on the first chunk and every `reasoning_every`
-  chunks after, and fed back unchanged (reasoning reuse, no decoding) in between;
+  new chunk in a control step is served by one batched `policy.infer` call per kind of call;
+- how chunks become actions (receding horizon, temporal ensembling, reasoning reuse) is the
+  chunker's business: one `vla.robot.chunker.ActionChunker` per running episode, built by the
+  `new_chunker` the caller passes (the same class `VLAPolicy.select_action` uses);
 - a crashed env worker is replaced and its episode restarted from its init state; every crash is
   counted, and an episode that keeps crashing is reported as an error, never dropped.
 
-The runner never imports the model: a policy is anything with `predict_chunk(observations,
-think=False, reasoning=None)` returning (B, H, 7) chunks (and thoughts when thinking), like
-`vla.policy.VLAPolicy`. An optional `last_timings` dict on the policy is collected as latency.
+The runner imports neither the model nor `vla`: a policy is anything with `infer(observations,
+think=False, reasoning=None)` returning {"actions": (B, H, 7), "reasoning", "timing"}, like
+`vla.policy.VLAPolicy` (the baselines in sim/baselines.py are others).
 """
 
 from __future__ import annotations
@@ -25,159 +23,63 @@ from __future__ import annotations
 import collections
 import functools
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
-from sim.registry import get_suite
-from sim.suite_env import AGENTVIEW_KEY, EXPERT_ACTION_KEY, build_suite_env
-from sim.vector import EnvResult, SubprocVectorEnv
+from sim.catalog import get_suite
+from sim.metrics import EvalMetrics, RolloutResult
+from sim.suite_env import AGENTVIEW_KEY, SuiteEnv, build_suite_env
+from sim.vector import EnvCommand, EnvResult, SubprocVectorEnv
 
 
-class ChunkPolicy(Protocol):
-    def predict_chunk(
+class RolloutPolicy(Protocol):
+    def infer(
         self,
         observations: Sequence[Mapping[str, Any]],
+        *,
         think: bool = False,
         reasoning: Sequence[str] | None = None,
-    ) -> Any: ...
+    ) -> Mapping[str, Any]: ...
+
+
+class Chunker(Protocol):
+    """One episode's chunk → action stream (`vla.robot.chunker.ActionChunker` is the one)."""
+
+    reasoning: str | None
+    config: Any  # its settings, with to_dict() (what report.json records)
+
+    def next_call(self) -> str | None: ...
+
+    def add(self, chunk: np.ndarray, reasoning: str | None = None) -> None: ...
+
+    def pop_actions(self) -> np.ndarray: ...
+
+
+# ------------------------------------------------------------------ typed worker commands
+@dataclass(frozen=True)
+class ExecuteActions:
+    """Execute actions (n, 7) in order in the worker's env (one round trip per chunk)."""
+
+    actions: np.ndarray
+    film: bool
+
+    def __call__(self, env: SuiteEnv) -> dict[str, Any]:
+        return env.step_many(self.actions, film=self.film)
 
 
 @dataclass(frozen=True)
-class RolloutSettings:
-    """How a policy's chunks become actions (see the module docstring)."""
+class FollowExpert:
+    """Let the worker's oracle expert act until the episode ends (no round trip per step)."""
 
-    n_action_steps: int | None = None  # None: half the chunk, as the policy API defaults
-    temporal_ensemble: float | None = None
-    think: bool = False
-    reasoning_every: int = 1
+    film: bool
 
-    def __post_init__(self) -> None:
-        if self.n_action_steps is not None and self.n_action_steps < 1:
-            raise ValueError(f"n_action_steps must be >= 1, got {self.n_action_steps}")
-        if self.reasoning_every < 1:
-            raise ValueError(f"reasoning_every must be >= 1, got {self.reasoning_every}")
-
-
-@dataclass
-class EpisodeResult:
-    task: str
-    task_index: int
-    init_state: int
-    success: bool
-    steps: int
-    crashes: int = 0
-    error: str | None = None  # set when the episode crashed more than max_retries times
-    video: str | None = None
-
-
-@dataclass
-class EvalMetrics:
-    """Everything one evaluation measured; `to_dict()` is what report.json holds."""
-
-    suite: str
-    settings: RolloutSettings
-    episodes: list[EpisodeResult]
-    policy_calls: list[dict[str, float]]  # one per predict_chunk call: batch, kind, stage times
-    env_steps: int
-    env_seconds: float  # time spent inside the vectorized step (all envs in parallel)
-    wall_seconds: float
-    num_envs: int
-    crashes: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def success_rate(self) -> float:
-        return float(np.mean([e.success for e in self.episodes])) if self.episodes else 0.0
-
-    def per_task(self) -> list[dict[str, Any]]:
-        rows = []
-        for task in dict.fromkeys(e.task for e in self.episodes):
-            episodes = [e for e in self.episodes if e.task == task]
-            rows.append(_success_row(task, episodes))
-        return rows
-
-    def overall(self) -> dict[str, Any]:
-        """Success over all episodes, and the mean of per-task rates (LIBERO reports the mean)."""
-        row = _success_row("overall", self.episodes)
-        tasks = self.per_task()
-        row["mean_task_success"] = (
-            float(np.mean([t["success_rate"] for t in tasks])) if tasks else 0.0
-        )
-        return row
-
-    def latency(self) -> dict[str, dict[str, float]]:
-        """Per kind of call (act / think / reuse): calls, mean batch, and mean ms per stage."""
-        summary: dict[str, dict[str, float]] = {}
-        for kind in dict.fromkeys(call["kind"] for call in self.policy_calls):
-            calls = [c for c in self.policy_calls if c["kind"] == kind]
-            row: dict[str, float] = {
-                "calls": len(calls),
-                "mean_batch": float(np.mean([c["batch"] for c in calls])),
-            }
-            for stage in ("prefix_ms", "reasoning_ms", "denoise_ms", "total_ms"):
-                values = [c[stage] for c in calls if stage in c]
-                if values:
-                    row[stage] = float(np.mean(values))
-                    if stage == "total_ms":
-                        row["p90_total_ms"] = float(np.percentile(values, 90))
-                        per_item = [c[stage] / c["batch"] for c in calls if stage in c]
-                        row["total_ms_per_chunk"] = float(np.mean(per_item))
-            reuse = [c["feature_reuse"] for c in calls if "feature_reuse" in c]
-            if reuse:
-                row["feature_reuse"] = float(np.mean(reuse))
-            summary[kind] = row
-        return summary
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "suite": self.suite,
-            "settings": asdict(self.settings),
-            "overall": self.overall(),
-            "tasks": self.per_task(),
-            "latency": self.latency(),
-            "env_steps": self.env_steps,
-            "env_steps_per_second": self.env_steps / self.env_seconds if self.env_seconds else 0.0,
-            "wall_seconds": self.wall_seconds,
-            "num_envs": self.num_envs,
-            "crashes": self.crashes,
-            "errors": sum(e.error is not None for e in self.episodes),
-            "episodes": [asdict(e) for e in self.episodes],
-            **self.extra,
-        }
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a success rate: unlike the normal approximation it stays
-    inside [0, 1] and is honest at 0/n and n/n, which small evaluations hit often."""
-    if trials == 0:
-        return 0.0, 1.0
-    p = successes / trials
-    denominator = 1 + z**2 / trials
-    center = (p + z**2 / (2 * trials)) / denominator
-    half = z * np.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denominator
-    return max(0.0, float(center - half)), min(1.0, float(center + half))
-
-
-def _success_row(name: str, episodes: Sequence[EpisodeResult]) -> dict[str, Any]:
-    successes = sum(e.success for e in episodes)
-    low, high = wilson_interval(successes, len(episodes))
-    succeeded = [e.steps for e in episodes if e.success]
-    return {
-        "task": name,
-        "episodes": len(episodes),
-        "successes": successes,
-        "success_rate": successes / len(episodes) if episodes else 0.0,
-        "wilson_low": low,
-        "wilson_high": high,
-        "mean_length": float(np.mean([e.steps for e in episodes])) if episodes else 0.0,
-        "mean_success_length": float(np.mean(succeeded)) if succeeded else None,
-        "errors": sum(e.error is not None for e in episodes),
-    }
+    def __call__(self, env: SuiteEnv) -> dict[str, Any]:
+        return env.follow_expert(film=self.film)
 
 
 @dataclass
@@ -190,18 +92,23 @@ class _Job:
 
 @dataclass
 class _Episode:
-    """One env's running episode: its observation, queued actions and reasoning."""
+    """One env's running episode: its observation, its chunker, and what it films."""
 
     job: _Job
     observation: dict[str, Any]
     record_video: bool
+    chunker: Chunker | None = None  # None when the expert acts inside the worker
     steps: int = 0
-    queue: collections.deque = field(default_factory=collections.deque)
-    ensemble: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (start step, chunk)
-    chunks_predicted: int = 0
-    reasoning: str | None = None
     frames: list[np.ndarray] = field(default_factory=list)
     thoughts: list[str | None] = field(default_factory=list)
+
+    @property
+    def reasoning(self) -> str | None:
+        return self.chunker.reasoning if self.chunker is not None else None
+
+
+# The next command for every running env: what distinguishes a policy's run from the expert's.
+NextCommands = Callable[[dict[int, _Episode]], dict[int, EnvCommand]]
 
 
 class EnvRunner:
@@ -214,43 +121,37 @@ class EnvRunner:
         *,
         tasks: Sequence[str | int] | None = None,
         episodes_per_task: int = 50,
+        scenes: str = "eval",
         num_envs: int = 2,
         image_size: tuple[int, int] = (128, 128),
-        settings: RolloutSettings | None = None,
-        video_episodes_per_task: int = 0,
-        video_dir: str | Path | None = None,
         oracle_expert: bool = False,
         render_images: bool = True,
-        scenes: str = "eval",
+        video_episodes_per_task: int = 0,
         max_retries: int = 2,
         step_timeout: float | None = 120.0,
         progress: bool = True,
     ) -> None:
         spec = get_suite(suite)
         self.suite = suite
-        self.tasks = _resolve_tasks(suite, list(spec.tasks), tasks)
+        self.tasks = list(spec.tasks) if tasks is None else [spec.resolve(task) for task in tasks]
         if episodes_per_task < 1:
             raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.episodes_per_task = episodes_per_task
-        self.num_envs = min(num_envs, len(self.tasks) * episodes_per_task)
-        self.image_size = tuple(image_size)
-        self.settings = settings or RolloutSettings()
-        self.video_episodes_per_task = video_episodes_per_task
-        self.video_dir = Path(video_dir) if video_dir is not None else None
-        if video_episodes_per_task and self.video_dir is None:
-            raise ValueError("video_episodes_per_task > 0 needs a video_dir to write the videos to")
-        self.oracle_expert = oracle_expert
         # "eval": the tasks' fixed evaluation init states; "train": training scenes 0..N-1 (the
         # seeds `vla-data generate` records demonstrations from), to tell fitting from
         # generalization.
         if scenes not in ("eval", "train"):
             raise ValueError(f"scenes must be 'eval' or 'train', got {scenes!r}")
         self.scenes = scenes
+        self.num_envs = min(num_envs, len(self.tasks) * episodes_per_task)
+        self.image_size = tuple(image_size)
+        self.oracle_expert = oracle_expert
         if not render_images and (not oracle_expert or video_episodes_per_task):
             raise ValueError("render_images=False only suits the oracle expert without videos")
         self.render_images = render_images
+        self.video_episodes_per_task = video_episodes_per_task
         self.max_retries = max_retries
         self.step_timeout = step_timeout
         self.progress = progress
@@ -287,132 +188,67 @@ class EnvRunner:
     # ------------------------------------------------------------------ evaluation
     def run(
         self,
-        policy: ChunkPolicy,
-        settings: RolloutSettings | None = None,
+        policy: RolloutPolicy,
+        new_chunker: Callable[[], Chunker],
         video_dir: str | Path | None = None,
     ) -> EvalMetrics:
-        """Run every (task, init state) episode once and measure success, lengths and latency.
-
-        `settings` and `video_dir` override the runner's for this run only (periodic evaluation
-        films each run into its own directory).
-        """
-        settings = settings or self.settings
-        video_dir = Path(video_dir) if video_dir is not None else self.video_dir
-        vector_env = self.vector_env
-        # The scripted expert needs no policy calls: each worker runs it to the episode's end.
-        follow_expert = isinstance(policy, ExpertPolicy) and policy.in_worker and self.oracle_expert
-        crashes_before = vector_env.crash_count
-        jobs = collections.deque(
-            _Job(self.tasks.index(task), task, init_state)
-            for task in self.tasks
-            for init_state in range(self.episodes_per_task)
-        )
-        results: list[EpisodeResult] = []
+        """Run every (task, init state) episode once with `policy` and measure success, lengths
+        and latency. `new_chunker()` makes each episode's chunker; `video_dir` is where the
+        filmed episodes go (periodic evaluation films each run into its own directory)."""
         calls: list[dict[str, float]] = []
-        running: dict[int, _Episode] = {}
+
+        def next_commands(running: dict[int, _Episode]) -> dict[int, EnvCommand]:
+            _predict(policy, [episode for episode in running.values()], calls)
+            # Every env executes all its due actions in one request (the envs run in parallel
+            # and render only the observation the policy will look at).
+            return {
+                index: ExecuteActions(episode.chunker.pop_actions(), episode.record_video)
+                for index, episode in running.items()
+            }
+
+        settings = new_chunker().config.to_dict()
+        return self._evaluate(next_commands, new_chunker, settings, calls, video_dir)
+
+    def run_expert(self, video_dir: str | Path | None = None) -> EvalMetrics:
+        """The scripted expert on the same episodes, acting inside each worker until its episode
+        ends: the success ceiling, without a round trip per step."""
+        if not self.oracle_expert:
+            raise ValueError("run_expert needs an EnvRunner built with oracle_expert=True")
+
+        def next_commands(running: dict[int, _Episode]) -> dict[int, EnvCommand]:
+            return {index: FollowExpert(episode.record_video) for index, episode in running.items()}
+
+        settings = {"policy": "scripted expert, one action per step, inside the env workers"}
+        return self._evaluate(next_commands, None, settings, [], video_dir)
+
+    def _evaluate(
+        self,
+        next_commands: NextCommands,
+        new_chunker: Callable[[], Chunker] | None,
+        settings: dict[str, Any],
+        calls: list[dict[str, float]],
+        video_dir: str | Path | None,
+    ) -> EvalMetrics:
+        """The scheduling loop: keep every env busy with the next queued episode, send each its
+        next command, restart crashed episodes, and collect the results."""
+        if self.video_episodes_per_task and video_dir is None:
+            raise ValueError("filming episodes (video_episodes_per_task > 0) needs a video_dir")
+        schedule = _Schedule(self, new_chunker, Path(video_dir) if video_dir else None)
+        vector_env = self.vector_env
+        crashes_before = vector_env.crash_count
         env_steps, env_seconds = 0, 0.0
         started = time.perf_counter()
-        bar = tqdm(
-            total=len(jobs), desc=f"eval {self.suite}", unit="episode", disable=not self.progress
-        )
-
-        def finish(episode: _Episode, success: bool, error: str | None = None) -> None:
-            result = EpisodeResult(
-                task=episode.job.task,
-                task_index=episode.job.task_index,
-                init_state=episode.job.init_state,
-                success=success,
-                steps=episode.steps,
-                crashes=episode.job.attempts,
-                error=error,
-            )
-            if episode.record_video and episode.frames:
-                result.video = str(self._write_video(video_dir, episode, success))
-            results.append(result)
-            bar.update(1)
-            bar.set_postfix(success=f"{np.mean([r.success for r in results]):.0%}")
-
-        def start(indices: list[int], restarts: dict[int, _Job]) -> None:
-            """Reset the given envs onto their restarted job or the next queued one."""
-            pending = {i: restarts.get(i) or (jobs.popleft() if jobs else None) for i in indices}
-            pending = {i: job for i, job in pending.items() if job is not None}
-            while pending:
-                order = list(pending)
-                replies = vector_env.reset(
-                    order,
-                    seeds=[
-                        pending[i].init_state if self.scenes == "train" else None for i in order
-                    ],
-                    options=[self._reset_options(pending[i]) for i in order],
-                )
-                retry: dict[int, _Job] = {}
-                for index, reply in zip(order, replies, strict=True):
-                    job = pending[index]
-                    if reply.crashed:
-                        job.attempts += 1
-                        if job.attempts > self.max_retries:
-                            finish(_Episode(job, {}, False), False, reply.error)
-                            job = jobs.popleft() if jobs else None
-                        if job is not None:
-                            retry[index] = job
-                        continue
-                    record = job.init_state < self.video_episodes_per_task
-                    running[index] = _Episode(job, reply.obs, record)
-                pending = retry
-
         try:
-            start(list(range(self.num_envs)), {})
-            while running:
-                if follow_expert:
-                    # The oracle acts inside each worker until its episode ends.
-                    requests = {i: (episode.record_video,) for i, episode in running.items()}
-                    step_started = time.perf_counter()
-                    replies = vector_env.call_each("follow_expert", requests)
-                else:
-                    needing = [
-                        i
-                        for i, episode in running.items()
-                        if not episode.queue or settings.temporal_ensemble is not None
-                    ]
-                    if needing:
-                        self._predict(policy, settings, [running[i] for i in needing], calls)
-                    # Every env executes its whole queue in one request (the envs run in
-                    # parallel and render only the observation the policy will look at).
-                    requests = {
-                        i: (self._take_actions(episode, settings), episode.record_video)
-                        for i, episode in running.items()
-                    }
-                    step_started = time.perf_counter()
-                    replies = vector_env.call_each("step_many", requests)
+            schedule.start(list(range(self.num_envs)), {})
+            while schedule.running:
+                commands = next_commands(schedule.running)
+                step_started = time.perf_counter()
+                replies = vector_env.run_each(commands)
                 env_seconds += time.perf_counter() - step_started
-                done: list[int] = []
-                restarts: dict[int, _Job] = {}
-                for index, reply in replies.items():
-                    episode = running[index]
-                    if isinstance(reply, EnvResult):  # the worker crashed and was replaced
-                        episode.job.attempts += 1
-                        del running[index]
-                        done.append(index)
-                        if episode.job.attempts > self.max_retries:
-                            finish(episode, False, reply.error)
-                        else:
-                            restarts[index] = episode.job
-                        continue
-                    if episode.record_video:
-                        episode.frames += [episode.observation[AGENTVIEW_KEY], *reply["frames"]]
-                        episode.thoughts += [episode.reasoning] * reply["steps"]
-                    env_steps += reply["steps"]
-                    episode.steps += reply["steps"]
-                    episode.observation = reply["observation"]
-                    if reply["terminated"] or reply["truncated"]:
-                        del running[index]
-                        done.append(index)
-                        finish(episode, bool(reply["info"].get("success", False)))
-                if done:
-                    start(done, restarts)
+                env_steps += schedule.receive(replies)
         finally:
-            bar.close()
-        results.sort(key=lambda r: (r.task_index, r.init_state))
+            schedule.bar.close()
+        results = sorted(schedule.results, key=lambda r: (r.task_index, r.init_state))
         return EvalMetrics(
             suite=self.suite,
             settings=settings,
@@ -426,161 +262,151 @@ class EnvRunner:
             extra={"scenes": self.scenes},
         )
 
-    def _reset_options(self, job: _Job) -> dict[str, Any]:
-        if self.scenes == "train":
-            return {"task": job.task}  # the seed selects training scene `job.init_state`
-        return {"task": job.task, "init_state": job.init_state}
 
-    # ------------------------------------------------------------------ chunks and actions
-    def _predict(
+class _Schedule:
+    """One evaluation's bookkeeping: queued jobs, running episodes, results and progress."""
+
+    def __init__(
         self,
-        policy: ChunkPolicy,
-        settings: RolloutSettings,
-        episodes: list[_Episode],
-        calls: list[dict[str, float]],
+        runner: EnvRunner,
+        new_chunker: Callable[[], Chunker] | None,
+        video_dir: Path | None,
     ) -> None:
-        """One batched predict_chunk per kind of call (think mode may need two: envs whose
-        chain is due for regeneration decode it, the others reuse theirs)."""
-        if not settings.think:
-            groups = {"act": episodes}
-        else:
-            groups = {"think": [], "reuse": []}
-            for episode in episodes:
-                due = (
-                    episode.reasoning is None
-                    or episode.chunks_predicted % settings.reasoning_every == 0
-                )
-                groups["think" if due else "reuse"].append(episode)
-        for kind, group in groups.items():
-            if not group:
-                continue
-            observations = [episode.observation for episode in group]
-            if kind == "act":
-                chunks, thoughts = policy.predict_chunk(observations), None
-            elif kind == "think":
-                chunks, thoughts = policy.predict_chunk(observations, think=True)
-            else:
-                reasoning = [episode.reasoning for episode in group]
-                chunks, thoughts = policy.predict_chunk(observations, reasoning=reasoning)
-            chunks = np.asarray(chunks, dtype=np.float32)  # (B, H, 7)
-            if chunks.ndim != 3 or chunks.shape[0] != len(group):
-                raise ValueError(
-                    f"predict_chunk returned shape {chunks.shape} for {len(group)} observations; "
-                    "expected (batch, horizon, action_dim)"
-                )
-            timings = dict(getattr(policy, "last_timings", {}) or {})
-            calls.append({"kind": kind, "batch": len(group), **timings})
-            for index, episode in enumerate(group):
-                self._receive_chunk(episode, chunks[index], settings)
-                episode.chunks_predicted += 1
-                if thoughts is not None:
-                    episode.reasoning = thoughts[index]
-
-    @staticmethod
-    def _receive_chunk(episode: _Episode, chunk: np.ndarray, settings: RolloutSettings) -> None:
-        if settings.temporal_ensemble is not None:
-            episode.ensemble.append((episode.steps, chunk))
-            return
-        horizon = chunk.shape[0]
-        n_action_steps = settings.n_action_steps or max(1, horizon // 2)
-        episode.queue.extend(chunk[: min(n_action_steps, horizon)])
-
-    @classmethod
-    def _take_actions(cls, episode: _Episode, settings: RolloutSettings) -> np.ndarray:
-        """The actions (n, 7) to execute before the policy looks again: the queued rest of the
-        chunk, or with temporal ensembling the one ensembled action."""
-        if settings.temporal_ensemble is not None:
-            return cls._next_action(episode, settings)[None]
-        actions = np.stack(list(episode.queue))
-        episode.queue.clear()
-        return actions
-
-    @staticmethod
-    def _next_action(episode: _Episode, settings: RolloutSettings) -> np.ndarray:
-        if settings.temporal_ensemble is None:
-            return episode.queue.popleft()
-        step = episode.steps
-        episode.ensemble = [
-            (start, chunk) for start, chunk in episode.ensemble if step - start < chunk.shape[0]
-        ]
-        actions = np.stack([chunk[step - start] for start, chunk in episode.ensemble])
-        weights = np.exp(-settings.temporal_ensemble * np.arange(len(actions)))  # oldest first
-        return (weights[:, None] * actions).sum(0).astype(np.float32) / np.float32(weights.sum())
-
-    @staticmethod
-    def _write_video(video_dir: Path, episode: _Episode, success: bool) -> Path:
-        from sim.report import write_rollout_video  # drawing and encoding only when needed
-
-        name = f"task{episode.job.task_index:02d}_init{episode.job.init_state:02d}_{'success' if success else 'failure'}.mp4"
-        return write_rollout_video(
-            video_dir / name, episode.frames, episode.thoughts, task=episode.job.task
+        self.runner = runner
+        self.new_chunker = new_chunker
+        self.video_dir = video_dir
+        self.jobs = collections.deque(
+            _Job(runner.tasks.index(task), task, init_state)
+            for task in runner.tasks
+            for init_state in range(runner.episodes_per_task)
+        )
+        self.running: dict[int, _Episode] = {}
+        self.results: list[RolloutResult] = []
+        self.bar = tqdm(
+            total=len(self.jobs),
+            desc=f"eval {runner.suite}",
+            unit="episode",
+            disable=not runner.progress,
         )
 
-
-class ExpertPolicy:
-    """The scripted expert as a "policy": replays the privileged action each observation carries
-    when the runner was built with `oracle_expert=True` (chunks of one action).
-
-    `in_worker=True` lets each env worker run the expert to its episode's end instead: the same
-    episodes without a round trip to the worker per step (eval.py's ceiling uses it). The default
-    goes through the same chunk loop as a learned policy, which is what the runner's tests
-    check that loop with.
-    """
-
-    def __init__(self, in_worker: bool = False) -> None:
-        self.in_worker = in_worker
-
-    def predict_chunk(
-        self,
-        observations: Sequence[Mapping[str, Any]],
-        think: bool = False,
-        reasoning: Sequence[str] | None = None,
-    ) -> np.ndarray:
-        if think or reasoning is not None:
-            raise ValueError("the scripted expert does not reason; evaluate it in act-only mode")
-        missing = [i for i, o in enumerate(observations) if EXPERT_ACTION_KEY not in o]
-        if missing:
-            raise KeyError(
-                f"observations {missing} lack {EXPERT_ACTION_KEY!r}; build the EnvRunner with oracle_expert=True"
+    def start(self, indices: list[int], restarts: dict[int, _Job]) -> None:
+        """Reset the given envs onto their restarted job or the next queued one."""
+        pending = {i: restarts.get(i) or self._next_job() for i in indices}
+        pending = {i: job for i, job in pending.items() if job is not None}
+        train_scenes = self.runner.scenes == "train"
+        while pending:
+            order = list(pending)
+            replies = self.runner.vector_env.reset(
+                order,
+                # training scenes are chosen by seed, evaluation init states by index
+                seeds=[pending[i].init_state if train_scenes else None for i in order],
+                options=[
+                    {"task": pending[i].task}
+                    if train_scenes
+                    else {"task": pending[i].task, "init_state": pending[i].init_state}
+                    for i in order
+                ],
             )
-        return np.stack([o[EXPERT_ACTION_KEY] for o in observations])[:, None]  # (B, 1, 7)
+            retry: dict[int, _Job] = {}
+            for index, reply in zip(order, replies, strict=True):
+                job = pending[index]
+                if reply.crashed:
+                    job.attempts += 1
+                    if job.attempts > self.runner.max_retries:
+                        self._finish(_Episode(job, {}, False), False, reply.error)
+                        job = self._next_job()
+                    if job is not None:
+                        retry[index] = job
+                    continue
+                record = job.init_state < self.runner.video_episodes_per_task
+                chunker = self.new_chunker() if self.new_chunker is not None else None
+                self.running[index] = _Episode(job, reply.obs, record, chunker)
+            pending = retry
+
+    def receive(self, replies: Mapping[int, Any]) -> int:
+        """Take every env's reply to its command; returns the env steps they executed."""
+        executed = 0
+        done: list[int] = []
+        restarts: dict[int, _Job] = {}
+        for index, reply in replies.items():
+            episode = self.running[index]
+            if isinstance(reply, EnvResult):  # the worker crashed and was replaced
+                episode.job.attempts += 1
+                del self.running[index]
+                done.append(index)
+                if episode.job.attempts > self.runner.max_retries:
+                    self._finish(episode, False, reply.error)
+                else:
+                    restarts[index] = episode.job
+                continue
+            if episode.record_video:
+                episode.frames += [episode.observation[AGENTVIEW_KEY], *reply["frames"]]
+                episode.thoughts += [episode.reasoning] * reply["steps"]
+            executed += reply["steps"]
+            episode.steps += reply["steps"]
+            episode.observation = reply["observation"]
+            if reply["terminated"] or reply["truncated"]:
+                del self.running[index]
+                done.append(index)
+                self._finish(episode, bool(reply["info"].get("success", False)))
+        if done:
+            self.start(done, restarts)
+        return executed
+
+    def _next_job(self) -> _Job | None:
+        return self.jobs.popleft() if self.jobs else None
+
+    def _finish(self, episode: _Episode, success: bool, error: str | None = None) -> None:
+        result = RolloutResult(
+            task=episode.job.task,
+            task_index=episode.job.task_index,
+            init_state=episode.job.init_state,
+            success=success,
+            steps=episode.steps,
+            crashes=episode.job.attempts,
+            error=error,
+        )
+        if episode.record_video and episode.frames and self.video_dir is not None:
+            result.video = str(_write_video(self.video_dir, episode, success))
+        self.results.append(result)
+        self.bar.update(1)
+        self.bar.set_postfix(success=f"{np.mean([r.success for r in self.results]):.0%}")
 
 
-class RandomPolicy:
-    """Uniform random actions in [-1, 1]: the chance level a trained policy must beat."""
-
-    def __init__(self, horizon: int = 10, seed: int = 0) -> None:
-        self.horizon = horizon
-        self.rng = np.random.default_rng(seed)
-
-    def predict_chunk(
-        self,
-        observations: Sequence[Mapping[str, Any]],
-        think: bool = False,
-        reasoning: Sequence[str] | None = None,
-    ) -> np.ndarray:
-        shape = (len(observations), self.horizon, 7)
-        return self.rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
-
-
-def _resolve_tasks(suite: str, names: list[str], tasks: Sequence[str | int] | None) -> list[str]:
-    if tasks is None:
-        return names
-    resolved = []
-    for task in tasks:
-        if isinstance(task, int) or (isinstance(task, str) and task.isdigit()):
-            index = int(task)
-            if not 0 <= index < len(names):
-                raise ValueError(
-                    f"task index {index} is out of range: suite {suite!r} has {len(names)} tasks (0..{len(names) - 1})"
-                )
-            resolved.append(names[index])
-        elif task in names:
-            resolved.append(task)
-        else:
-            from sim.registry import did_you_mean
-
+def _predict(
+    policy: RolloutPolicy, episodes: list[_Episode], calls: list[dict[str, float]]
+) -> None:
+    """One batched `infer` per kind of call the episodes' chunkers ask for (think mode may need
+    two: episodes whose chain is due for regeneration decode it, the others reuse theirs)."""
+    groups: dict[str, list[_Episode]] = {}
+    for episode in episodes:
+        kind = episode.chunker.next_call()
+        if kind is not None:
+            groups.setdefault(kind, []).append(episode)
+    for kind in ("act", "think", "reuse"):
+        group = groups.get(kind)
+        if not group:
+            continue
+        observations = [episode.observation for episode in group]
+        reasoning = [episode.reasoning for episode in group] if kind == "reuse" else None
+        out = policy.infer(observations, think=kind == "think", reasoning=reasoning)
+        chunks = np.asarray(out["actions"], dtype=np.float32)  # (B, H, 7)
+        if chunks.ndim != 3 or chunks.shape[0] != len(group):
             raise ValueError(
-                f"suite {suite!r} has no task {task!r}{did_you_mean(task, names)}; run `eval.py --suite {suite} --list-tasks`"
+                f"policy.infer returned actions of shape {chunks.shape} for {len(group)} "
+                "observations; expected (batch, horizon, action_dim)"
             )
-    return resolved
+        thoughts = out.get("reasoning")
+        calls.append({"kind": kind, "batch": len(group), **dict(out.get("timing") or {})})
+        for index, episode in enumerate(group):
+            episode.chunker.add(chunks[index], thoughts[index] if thoughts else None)
+
+
+def _write_video(video_dir: Path, episode: _Episode, success: bool) -> Path:
+    from sim.report import write_rollout_video  # drawing and encoding only when needed
+
+    outcome = "success" if success else "failure"
+    name = f"task{episode.job.task_index:02d}_init{episode.job.init_state:02d}_{outcome}.mp4"
+    return write_rollout_video(
+        video_dir / name, episode.frames, episode.thoughts, task=episode.job.task
+    )

@@ -50,6 +50,10 @@ __all__ = ["EnvCrashedError", "EnvResult", "SubprocVectorEnv", "make_vector_env"
 logger = logging.getLogger(__name__)
 
 EnvFn = Callable[[], gym.Env]
+# A typed request to a worker: a picklable callable (e.g. a frozen dataclass with __call__) that
+# the worker applies to its env. Unlike a method name in a string, its fields are checked where
+# it is built, and a typo fails in the parent, not in a worker's reply.
+EnvCommand = Callable[[gym.Env], Any]
 
 
 @dataclass
@@ -103,10 +107,15 @@ def _do_call(env: gym.Env, payload: tuple[str, tuple, dict]) -> Any:
     return attr(*args, **kwargs) if callable(attr) else attr
 
 
+def _do_run(env: gym.Env, command: EnvCommand) -> Any:
+    return command(env)
+
+
 _HANDLERS: dict[str, Callable[[gym.Env, Any], Any]] = {
     "reset": _do_reset,
     "step": _do_step,
     "call": _do_call,
+    "run": _do_run,
 }
 
 
@@ -291,18 +300,17 @@ class SubprocVectorEnv:
             )
         return results
 
-    def call_each(self, method_name: str, arguments: Mapping[int, tuple]) -> dict[int, Any]:
-        """Call `env.method_name(*arguments[i])` in every worker i at once, in parallel.
+    def run_each(self, commands: Mapping[int, EnvCommand]) -> dict[int, Any]:
+        """Apply `commands[i](env)` in every worker i at once, in parallel.
 
-        For env methods that advance an episode (e.g. `SuiteEnv.step_many`), so failures follow
-        `step`: a worker that raises, dies or times out is replaced and its entry is an
+        For commands that advance an episode (e.g. executing a chunk of actions), so failures
+        follow `step`: a worker that raises, dies or times out is replaced and its entry is an
         `EnvResult` failure (the env must be reset), never an exception.
         """
-        indices = self._check_indices(arguments.keys())
-        requests = {
-            index: ("call", (method_name, tuple(arguments[index]), {})) for index in indices
-        }
-        return self._exchange_with_reset_envs(requests, method_name)
+        indices = self._check_indices(commands.keys())
+        requests = {index: ("run", commands[index]) for index in indices}
+        names = sorted({type(command).__name__ for command in commands.values()})
+        return self._exchange_with_reset_envs(requests, "/".join(names) or "run")
 
     def call(self, index: int, method_name: str, *args: Any, **kwargs: Any) -> Any:
         """Call `env.method_name(*args, **kwargs)` in worker `index` (or read the attribute).

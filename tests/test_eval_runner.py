@@ -9,18 +9,13 @@ import pytest
 from PIL import Image
 
 from data.video import decode_video
+from sim.baselines import ExpertPolicy, RandomPolicy
+from sim.catalog import make, suite_tasks
 from sim.expert import rollout
-from sim.registry import make, suite_tasks
+from sim.metrics import wilson_interval
 from sim.report import markdown_summary, write_report
-from sim.runner import (
-    EnvRunner,
-    ExpertPolicy,
-    RandomPolicy,
-    RolloutSettings,
-    _Episode,
-    _Job,
-    wilson_interval,
-)
+from sim.runner import EnvRunner
+from vla.robot.chunker import ActionChunker, ChunkerConfig
 
 pytestmark = pytest.mark.slow
 
@@ -33,28 +28,9 @@ def test_wilson_interval_matches_known_values() -> None:
     assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
-def test_temporal_ensemble_weights_oldest_chunk_most() -> None:
-    settings = RolloutSettings(temporal_ensemble=0.5)
-    episode = _Episode(_Job(0, "t", 0), {}, record_video=False)
-    first = np.full((4, 7), 1.0, np.float32)
-    second = np.full((4, 7), 3.0, np.float32)
-    EnvRunner._receive_chunk(episode, first, settings)
-    assert EnvRunner._next_action(episode, settings) == pytest.approx(np.ones(7))
-    episode.steps = 1
-    EnvRunner._receive_chunk(episode, second, settings)
-    weights = np.exp(-0.5 * np.arange(2))
-    expected = (weights[0] * 1.0 + weights[1] * 3.0) / weights.sum()
-    np.testing.assert_allclose(EnvRunner._next_action(episode, settings), expected, rtol=1e-6)
-
-
-def test_receding_horizon_executes_the_first_n_actions_in_order() -> None:
-    settings = RolloutSettings(n_action_steps=3)
-    episode = _Episode(_Job(0, "t", 0), {}, record_video=False)
-    chunk = np.arange(10 * 7, dtype=np.float32).reshape(10, 7)
-    EnvRunner._receive_chunk(episode, chunk, settings)
-    executed = [EnvRunner._next_action(episode, settings) for _ in range(3)]
-    np.testing.assert_array_equal(np.stack(executed), chunk[:3])
-    assert not episode.queue  # the next step asks for a new chunk
+def one_step_chunker() -> ActionChunker:
+    """The expert's chunks hold one action: execute it, then look again."""
+    return ActionChunker(ChunkerConfig(n_action_steps=1))
 
 
 def expert_runner(tasks: list[str], episodes_per_task: int, num_envs: int) -> EnvRunner:
@@ -66,7 +42,6 @@ def expert_runner(tasks: list[str], episodes_per_task: int, num_envs: int) -> En
         num_envs=num_envs,
         oracle_expert=True,
         render_images=False,
-        settings=RolloutSettings(n_action_steps=1),
         progress=False,
     )
 
@@ -77,8 +52,8 @@ def test_expert_through_the_runner_matches_direct_rollouts() -> None:
     lost, reordered or misrouted action would change some trajectory."""
     tasks = list(suite_tasks("quickstart")[:2])
     with expert_runner(tasks, episodes_per_task=3, num_envs=2) as runner:
-        metrics = runner.run(ExpertPolicy())
-        in_worker = runner.run(ExpertPolicy(in_worker=True))
+        metrics = runner.run(ExpertPolicy(), one_step_chunker)
+        in_worker = runner.run_expert()
     direct = {}
     for task in tasks:
         env = make("quickstart", task, render_images=False)
@@ -108,18 +83,18 @@ class FirstCallCrashes(ExpertPolicy):
         super().__init__()
         self.calls = 0
 
-    def predict_chunk(self, observations, think=False, reasoning=None):  # noqa: ANN001, ANN201
-        chunks = super().predict_chunk(observations)
+    def infer(self, observations, think=False, reasoning=None):  # noqa: ANN001, ANN201
+        out = super().infer(observations)
         self.calls += 1
         if self.calls == 1:
-            chunks = np.full_like(chunks, np.nan)
-        return chunks
+            out["actions"] = np.full_like(out["actions"], np.nan)
+        return out
 
 
 def test_a_crashed_episode_is_restarted_and_counted() -> None:
     task = suite_tasks("quickstart")[0]
     with expert_runner([task], episodes_per_task=1, num_envs=1) as runner:
-        metrics = runner.run(FirstCallCrashes())
+        metrics = runner.run(FirstCallCrashes(), one_step_chunker)
     env = make("quickstart", task, render_images=False)
     expected = rollout(env, expert_seed=0, init_state=0)
     env.close()
@@ -129,15 +104,16 @@ def test_a_crashed_episode_is_restarted_and_counted() -> None:
 
 
 class AlwaysCrashes(RandomPolicy):
-    def predict_chunk(self, observations, think=False, reasoning=None):  # noqa: ANN001, ANN201
-        return np.full((len(observations), 4, 7), np.inf, np.float32)
+    def infer(self, observations, think=False, reasoning=None):  # noqa: ANN001, ANN201
+        actions = np.full((len(observations), 4, 7), np.inf, np.float32)
+        return {"actions": actions, "reasoning": None, "timing": {}}
 
 
 def test_an_episode_that_keeps_crashing_is_reported_not_dropped() -> None:
     with EnvRunner(
         "quickstart", tasks=[0], episodes_per_task=2, num_envs=1, max_retries=0, progress=False
     ) as runner:
-        metrics = runner.run(AlwaysCrashes())
+        metrics = runner.run(AlwaysCrashes(), ActionChunker)
     assert [e.init_state for e in metrics.episodes] == [0, 1]
     assert all(not e.success and e.error and e.crashes == 1 for e in metrics.episodes)
     assert metrics.crashes == 2
@@ -151,12 +127,10 @@ def test_report_plot_and_video_files_are_well_formed(tmp_path) -> None:  # noqa:
         episodes_per_task=1,
         num_envs=1,
         oracle_expert=True,
-        settings=RolloutSettings(n_action_steps=1),
         video_episodes_per_task=1,
-        video_dir=tmp_path / "videos",
         progress=False,
     ) as runner:
-        metrics = runner.run(ExpertPolicy())
+        metrics = runner.run(ExpertPolicy(), one_step_chunker, video_dir=tmp_path / "videos")
     report = metrics.to_dict()
     paths = write_report(report, tmp_path, expert=report)
     (episode,) = metrics.episodes
@@ -181,3 +155,13 @@ def test_unknown_task_names_the_suite_and_the_closest_match() -> None:
         EnvRunner("quickstart", tasks=["put the red cube on the plat"])
     with pytest.raises(ValueError, match="out of range"):
         EnvRunner("quickstart", tasks=[7])
+
+
+def test_eval_lists_a_suites_tasks_with_the_indices_it_accepts(capsys) -> None:  # noqa: ANN001
+    import eval as eval_entry
+
+    assert eval_entry.main(["--suite", "quickstart", "--list-tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{i:3d}  {task}" for i, task in enumerate(suite_tasks("quickstart"))]
+    assert eval_entry.main(["--suite", "quickstar", "--list-tasks"]) == 2
+    assert "did you mean 'quickstart'" in capsys.readouterr().err

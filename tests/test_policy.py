@@ -1,4 +1,5 @@
-"""The policy API: transforms in and out, batched chunks, the action queue, temporal ensembling."""
+"""The policy API: transforms in and out, the stateless `infer` call, and `select_action` (infer
+plus the shared chunker: receding horizon and temporal ensembling through the policy)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from vla.config import VLAConfig
 from vla.model import VLAModel
-from vla.policy import VLAPolicy
+from vla.policy import ReasoningUnavailableError, VLAPolicy
 from vla.processor import Processor, ProcessorConfig
 from vla.tokenizer import train_tokenizer
 
@@ -45,10 +46,10 @@ def observation(seed: int, task: str = TASKS[0], size: int = 96) -> dict:
 class RecordingPolicy(VLAPolicy):
     """Counts model calls and keeps the chunks it returned."""
 
-    def predict_chunk(self, observations, noise=None):
-        chunks = super().predict_chunk(observations, noise)
-        self.calls = getattr(self, "calls", []) + [chunks]
-        return chunks
+    def infer(self, observations, **options):
+        out = super().infer(observations, **options)
+        self.calls = getattr(self, "calls", []) + [out["actions"]]
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,22 @@ def parts() -> tuple[VLAModel, Processor]:
     tokenizer = train_tokenizer(TASKS, vocab_size=512)
     return VLAModel(config).eval(), Processor(
         config, ProcessorConfig(action_norm="quantile"), dataset_stats(), tokenizer
+    )
+
+
+def save_policy(parts, directory, processor_config: ProcessorConfig) -> None:  # noqa: ANN001
+    """Export the fixture's model with the given processor settings as a checkpoint directory."""
+    from vla.checkpoint import save_checkpoint
+
+    model, processor = parts
+    processor.tokenizer.save_pretrained(directory.parent / f"{directory.name}-tokenizer")
+    save_checkpoint(
+        directory,
+        model,
+        model.config,
+        dataset_stats(),
+        processor=processor_config.to_dict(),
+        tokenizer_dir=directory.parent / f"{directory.name}-tokenizer",
     )
 
 
@@ -111,10 +128,12 @@ def test_batched_chunks_equal_one_at_a_time(parts) -> None:
     model, processor = parts
     policy = VLAPolicy(model, processor)
     noise = torch.randn(2, 6, 7, generator=torch.Generator().manual_seed(0))
-    batch = policy.predict_chunk([observation(2, TASKS[0]), observation(3, TASKS[1])], noise=noise)
+    out = policy.infer([observation(2, TASKS[0]), observation(3, TASKS[1])], noise=noise)
+    assert set(out) == {"actions", "reasoning", "timing"} and out["reasoning"] is None
+    batch = out["actions"]
     assert batch.shape == (2, 6, 7) and batch.dtype == np.float32
     for index, obs in enumerate((observation(2, TASKS[0]), observation(3, TASKS[1]))):
-        single = policy.predict_chunk([obs], noise=noise[index : index + 1])
+        single = policy.infer(obs, noise=noise[index : index + 1])["actions"]  # one dict = batch of 1
         np.testing.assert_allclose(single[0], batch[index], atol=1e-5)
 
 
@@ -148,39 +167,30 @@ def test_temporal_ensemble_averages_overlapping_chunks(parts) -> None:
 
 def test_from_pretrained_round_trip(parts, tmp_path) -> None:
     """A saved checkpoint loads as a policy that predicts exactly what the original predicted."""
-    from vla.checkpoint import save_checkpoint
-
     model, processor = parts
-    processor.tokenizer.save_pretrained(tmp_path / "tokenizer")
-    save_checkpoint(
-        tmp_path / "checkpoint",
-        model,
-        model.config,
-        dataset_stats(),
-        processor=processor.processor.to_dict(),
-        tokenizer_dir=tmp_path / "tokenizer",
-    )
+    save_policy(parts, tmp_path / "checkpoint", processor.processor)
     loaded = VLAPolicy.from_pretrained(tmp_path / "checkpoint", n_action_steps=3)
     original = VLAPolicy(model, processor)
     noise = torch.randn(2, 6, 7)
     batch = [observation(40, TASKS[0]), observation(41, TASKS[1])]
     np.testing.assert_array_equal(
-        loaded.predict_chunk(batch, noise=noise), original.predict_chunk(batch, noise=noise)
+        loaded.infer(batch, noise=noise)["actions"], original.infer(batch, noise=noise)["actions"]
     )
-    assert loaded.n_action_steps == 3 and loaded.processor.processor == processor.processor
+    assert loaded.chunking.n_action_steps == 3
+    assert loaded.processor.processor == processor.processor
 
 
 def test_noise_scale_zero_is_the_deterministic_flow_from_the_mean(parts) -> None:
     model, processor = parts
     observations = [observation(3), observation(4, task=TASKS[1])]
     policy = VLAPolicy(model, processor, noise_scale=0.0)
-    first, second = policy.predict_chunk(observations), policy.predict_chunk(observations)
-    np.testing.assert_array_equal(first, second)
-    reference = VLAPolicy(model, processor).predict_chunk(
+    first, second = policy.infer(observations), policy.infer(observations)
+    np.testing.assert_array_equal(first["actions"], second["actions"])
+    reference = VLAPolicy(model, processor).infer(
         observations, noise=torch.zeros(2, model.config.action_horizon, 7)
     )
-    np.testing.assert_array_equal(first, reference)
-    timings = policy.last_timings
+    np.testing.assert_array_equal(first["actions"], reference["actions"])
+    timings = first["timing"]
     assert set(timings) >= {"prefix_ms", "denoise_ms", "reasoning_ms", "total_ms"}
     assert timings["total_ms"] >= timings["prefix_ms"] + timings["denoise_ms"]
     with pytest.raises(ValueError, match="noise_scale"):
@@ -193,10 +203,11 @@ def test_feature_cached_chunks_stay_close_to_uncached_ones(parts) -> None:
     noise = torch.randn(
         1, model.config.action_horizon, 7, generator=torch.Generator().manual_seed(0)
     )
-    exact = VLAPolicy(model, processor).predict_chunk(observations, noise=noise)
+    exact = VLAPolicy(model, processor).infer(observations, noise=noise)["actions"]
     cached_policy = VLAPolicy(model, processor, feature_cache_every=2)
-    cached = cached_policy.predict_chunk(observations, noise=noise)
-    assert cached_policy.last_timings["feature_reuse"] == pytest.approx(0.5)
+    out = cached_policy.infer(observations, noise=noise)
+    cached = out["actions"]
+    assert out["timing"]["feature_reuse"] == pytest.approx(0.5)
     assert np.isfinite(cached).all() and not np.array_equal(cached, exact)
     scale = np.abs(exact).mean()
     assert np.abs(cached - exact).mean() < 0.5 * scale
@@ -226,3 +237,18 @@ def test_random_shift_translates_training_images_only(parts) -> None:
     torch.testing.assert_close(
         shifted.inputs([obs]).images["agentview"], processor.inputs([obs]).images["agentview"]
     )
+
+
+def test_thinking_on_an_act_only_checkpoint_is_refused_by_name(parts, tmp_path) -> None:
+    """An act-only model (reasoning dropout 1.0) never saw a reasoning target: decoding would
+    produce fluent garbage, so think mode and reasoning reuse are refused, naming the checkpoint."""
+    save_policy(parts, tmp_path / "act-only", ProcessorConfig(reasoning_dropout=1.0))
+    policy = VLAPolicy.from_pretrained(tmp_path / "act-only")
+    assert policy.infer(observation(0))["actions"].shape == (1, 6, 7)  # acting still works
+    pattern = f"checkpoint {tmp_path / 'act-only'} cannot think: it was trained act-only"
+    with pytest.raises(ReasoningUnavailableError, match=pattern):
+        policy.infer(observation(0), think=True)
+    with pytest.raises(ReasoningUnavailableError, match="reasoning_dropout = 1.0"):
+        policy.infer(observation(0), reasoning=["PLAN: a. SUBTASK: a."])
+    with pytest.raises(ReasoningUnavailableError, match="cannot think"):
+        VLAPolicy.from_pretrained(tmp_path / "act-only", think=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -268,14 +269,30 @@ def test_call_errors_keep_the_env() -> None:
         assert venv.crash_count == 1
 
 
-def test_call_each_runs_in_every_worker_and_treats_failures_as_crashes() -> None:
+@dataclass(frozen=True)
+class GetTask:
+    """A typed worker command: reads the env's task."""
+
+    def __call__(self, env: gym.Env) -> str:
+        return env.get_task()
+
+
+@dataclass(frozen=True)
+class Step:
+    action: np.ndarray
+
+    def __call__(self, env: gym.Env) -> tuple:
+        return env.step(self.action)
+
+
+def test_run_each_runs_in_every_worker_and_treats_failures_as_crashes() -> None:
     with SubprocVectorEnv([partial(make_env, "a"), partial(make_env, "b", "raise", 1)]) as venv:
-        fresh = venv.call_each("get_task", {0: (), 1: ()})
+        fresh = venv.run_each({0: GetTask(), 1: GetTask()})
         assert all(isinstance(reply, EnvResult) and reply.crashed for reply in fresh.values())
-        assert "must be reset" in fresh[0].error and venv.crash_count == 0  # a usage error
+        assert "must be reset before GetTask" in fresh[0].error and venv.crash_count == 0
         venv.reset([0, 1])
-        assert venv.call_each("get_task", {1: (), 0: ()}) == {1: "b", 0: "a"}
-        replies = venv.call_each("step", {0: (ACTIONS[0],), 1: (ACTIONS[0],)})
+        assert venv.run_each({1: GetTask(), 0: GetTask()}) == {1: "b", 0: "a"}
+        replies = venv.run_each({0: Step(ACTIONS[0]), 1: Step(ACTIONS[0])})
         assert replies[0][4] == {"t": 1, "success": False}
         assert replies[1].crashed and "boom at step 1" in replies[1].error
         assert venv.crash_count == 1

@@ -1,19 +1,18 @@
-"""`VLAPolicy`: what evaluation, serving and users call (DESIGN.md policy API).
+"""`VLAPolicy`: what evaluation, serving and users call (DESIGN.md policy API, openpi's shape).
 
     policy = VLAPolicy.from_pretrained(path, device="cpu")
-    policy.reset()
-    action = policy.select_action(obs)          # np.float32[7], from a queue of predicted actions
-    chunk = policy.predict_chunk([obs1, obs2])  # (B, H, 7), batched across environments
+    out = policy.infer([obs1, obs2])              # one stateless call, batched across environments
+    out["actions"]                                # (B, H, 7) float32 in robot units
+    out = policy.infer([obs1], think=True)        # out["reasoning"]: one chain of thought per item
+    policy.reset(); action = policy.select_action(obs)   # float32[7], one env, step by step
 
-Receding horizon: `select_action` predicts a chunk of H actions, executes the first
-`n_action_steps` of it, then predicts again from the newest observation. With
-`temporal_ensemble=k` it instead predicts every step and averages, for each step, every chunk
-that covers it with weights exp(-k * i), i = 0 for the oldest (ACT's temporal ensembling).
+`infer` returns the same dict the server sends: {"actions", "reasoning", "timing"}. Turning chunks
+into per-step actions (receding horizon, temporal ensembling, reasoning reuse) is
+`vla.robot.chunker.ActionChunker`'s job; `select_action` is `infer` plus one chunker.
 """
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -27,6 +26,12 @@ from vla.config import VLAConfig
 from vla.feature_cache import FeatureCache, uniform_schedule
 from vla.model import VLAModel
 from vla.processor import Processor, ProcessorConfig
+from vla.robot.chunker import ActionChunker, ChunkerConfig
+
+
+class ReasoningUnavailableError(ValueError):
+    """Thinking was asked of a checkpoint that never learned to reason: its decoder would emit
+    fluent garbage ("cube cube cube ..."), so the request is refused instead."""
 
 
 class VLAPolicy:
@@ -41,21 +46,27 @@ class VLAPolicy:
         reasoning_every: int = 1,
         feature_cache_every: int | None = None,
         noise_scale: float = 1.0,
+        name: str = "this policy",
     ) -> None:
         self.model = model.eval().to(device)
         self.processor = processor
         self.config: VLAConfig = model.config
         self.device = torch.device(device)
+        self.name = name  # what errors call it: the checkpoint path when loaded from one
         horizon = self.config.action_horizon
-        self.n_action_steps = n_action_steps or max(1, horizon // 2)
-        if not 1 <= self.n_action_steps <= horizon:
+        if n_action_steps is not None and not 1 <= n_action_steps <= horizon:
             raise ValueError(
-                f"n_action_steps must be in 1..{horizon} (the action horizon), got {self.n_action_steps}"
+                f"n_action_steps must be in 1..{horizon} (the action horizon), got {n_action_steps}"
             )
-        self.temporal_ensemble = temporal_ensemble
-        # Think mode: regenerate the chain every `reasoning_every` chunks, reuse it in between.
-        self.think = think
-        self.reasoning_every = reasoning_every
+        # How select_action turns chunks into actions; eval and serving use their own chunkers.
+        self.chunking = ChunkerConfig(
+            n_action_steps=n_action_steps,
+            temporal_ensemble=temporal_ensemble,
+            think=think,
+            reasoning_every=reasoning_every,
+        )
+        if think:
+            self._require_reasoning()
         # Feature caching: every expert block refreshes on denoising steps 0, k, 2k, ... and
         # reuses its output in between (None: every block is computed at every step).
         if feature_cache_every is not None and feature_cache_every < 1:
@@ -68,8 +79,6 @@ class VLAPolicy:
         if noise_scale < 0:
             raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
         self.noise_scale = noise_scale
-        # Wall time of the last predict_chunk call's stages, in milliseconds (what eval reports).
-        self.last_timings: dict[str, float] = {}
         self.reset()
 
     @classmethod
@@ -87,36 +96,48 @@ class VLAPolicy:
             loaded.stats,
             load_tokenizer(loaded.tokenizer_dir),
         )
+        options.setdefault("name", f"checkpoint {path}")
         return cls(loaded.model, processor, device=device, **options)
 
-    def reset(self) -> None:
-        """Forget queued actions (call at the start of every episode)."""
-        self._queue: collections.deque[np.ndarray] = collections.deque()
-        # (step the chunk was predicted at, chunk), for temporal ensembling
-        self._ensemble: list[tuple[int, np.ndarray]] = []
-        self._step = 0
-        self._chunks_predicted = 0
-        self.last_reasoning: str | None = None
+    # ------------------------------------------------------------------ the stateless call
+    @property
+    def can_reason(self) -> bool:
+        """Whether the model was trained to write a chain of thought: reasoning dropout 1.0
+        (act-only training) never showed it a reasoning target."""
+        return self.processor.processor.reasoning_dropout < 1.0
+
+    def _require_reasoning(self) -> None:
+        if not self.can_reason:
+            raise ReasoningUnavailableError(
+                f"{self.name} cannot think: it was trained act-only (processor reasoning_dropout "
+                f"= {self.processor.processor.reasoning_dropout}, so it never saw a reasoning "
+                "target). Run it without think/reasoning, or train with reasoning labels and "
+                "processor.reasoning_dropout < 1 (e.g. 0.5)."
+            )
 
     @torch.no_grad()
-    def predict_chunk(
+    def infer(
         self,
         observations: Sequence[Mapping[str, Any]] | Mapping[str, Any],
-        noise: torch.Tensor | None = None,
+        *,
         think: bool = False,
         reasoning: Sequence[str] | None = None,
-    ) -> np.ndarray | tuple[np.ndarray, list[str]]:
-        """Action chunks (B, H, 7) in robot units for a batch of observations (one forward pass).
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Action chunks for a batch of observations, in one forward pass.
 
-        `think=True` first generates the chain of thought token by token and returns
-        `(chunks, thoughts)`. Passing `reasoning` (one text per observation) instead feeds given
-        chains back as a forced prefix in a single parallel pass — reasoning reuse, no decoding —
-        and also returns `(chunks, thoughts)`.
+        Returns {"actions": float32 (B, H, A) in robot units, "reasoning": one text per
+        observation or None, "timing": wall ms per stage}. `think=True` first generates the
+        chain of thought token by token. `reasoning` (one text per observation) instead feeds
+        given chains back as a forced prefix in one parallel pass: reasoning reuse, no decoding.
+        `noise` (B, H, A) fixes the sampler's initial noise (reproducible calls).
         """
         batch = [observations] if isinstance(observations, Mapping) else list(observations)
+        if think or reasoning is not None:
+            self._require_reasoning()
         started = time.perf_counter()
         inputs = self.processor.inputs(batch, self.device)
-        timings = {"reasoning_ms": 0.0}
+        timing = {"reasoning_ms": 0.0}
         thoughts: list[str] | None = None
         if reasoning is not None:
             if len(reasoning) != len(batch):
@@ -129,31 +150,28 @@ class VLAPolicy:
         if think and reasoning is None:
             # Decoding grows the instruction's prefix cache token by token, so prefix encoding
             # and reasoning are one stage here, reported as reasoning.
-            timings["prefix_ms"] = 0.0
-            with _Stopwatch(timings, "reasoning_ms", self.device):
+            timing["prefix_ms"] = 0.0
+            with _Stopwatch(timing, "reasoning_ms", self.device):
                 eos = self.processor.tokenizer.eos_token_id
                 cache, ids, mask = self.model.generate_reasoning(inputs, eos)
                 thoughts = self.processor.decode_reasoning(ids, mask)
         else:
-            with _Stopwatch(timings, "prefix_ms", self.device):
+            with _Stopwatch(timing, "prefix_ms", self.device):
                 cache = self.model.encode_prefix(inputs)
         feature_cache = self._feature_cache()
         if noise is None and self.noise_scale != 1.0:
             shape = (len(batch), self.config.action_horizon, self.config.action_dim)
             noise = self.noise_scale * torch.randn(shape, device=self.device)
-        with _Stopwatch(timings, "denoise_ms", self.device):
+        with _Stopwatch(timing, "denoise_ms", self.device):
             normalized = self.model.sample_actions(
                 inputs, noise=noise, cache=cache, feature_cache=feature_cache
             )
-        chunks = self.processor.actions(normalized)
-        timings["total_ms"] = (time.perf_counter() - started) * 1e3
+        actions = self.processor.actions(normalized)  # (B, H, A)
+        timing["total_ms"] = (time.perf_counter() - started) * 1e3
         if feature_cache is not None:
             evaluated = feature_cache.computed + feature_cache.reused
-            timings["feature_reuse"] = feature_cache.reused / max(1, evaluated)
-        self.last_timings = timings
-        if thoughts is None:
-            return chunks
-        return chunks, thoughts
+            timing["feature_reuse"] = feature_cache.reused / max(1, evaluated)
+        return {"actions": actions, "reasoning": thoughts, "timing": timing}
 
     def _feature_cache(self) -> FeatureCache | None:
         if self.feature_cache_every is None:
@@ -165,41 +183,33 @@ class VLAPolicy:
         )
         return FeatureCache(schedule)
 
+    # ------------------------------------------------------------------ one env, step by step
+    def new_chunker(self) -> ActionChunker:
+        """A chunker with this policy's rollout settings, for one episode (the eval runner makes
+        one per env with it)."""
+        return ActionChunker(self.chunking)
+
+    def reset(self) -> None:
+        """Forget queued actions and the chain of thought (call at the start of every episode)."""
+        self.chunker = self.new_chunker()
+
+    @property
+    def last_reasoning(self) -> str | None:
+        """The chain of thought the current actions were planned with (think mode)."""
+        return self.chunker.reasoning
+
     def select_action(self, observation: Mapping[str, Any]) -> np.ndarray:
-        """The next action float32[7] for one environment."""
-        if self.temporal_ensemble is not None:
-            return self._ensembled_action(observation)
-        if not self._queue:
-            chunk = self._next_chunk(observation)
-            self._queue.extend(chunk[: self.n_action_steps])
-        return self._queue.popleft()
-
-    def _next_chunk(self, observation: Mapping[str, Any]) -> np.ndarray:
-        if not self.think:
-            return self.predict_chunk([observation])[0]
-        regenerate = (
-            self.last_reasoning is None or self._chunks_predicted % self.reasoning_every == 0
-        )
-        if regenerate:
-            chunks, thoughts = self.predict_chunk([observation], think=True)
-        else:
-            chunks, thoughts = self.predict_chunk([observation], reasoning=[self.last_reasoning])
-        self._chunks_predicted += 1
-        self.last_reasoning = thoughts[0]
-        return chunks[0]
-
-    def _ensembled_action(self, observation: Mapping[str, Any]) -> np.ndarray:
-        chunk = self._next_chunk(observation)
-        self._ensemble.append((self._step, chunk))
-        horizon = self.config.action_horizon
-        self._ensemble = [(start, c) for start, c in self._ensemble if self._step - start < horizon]
-        actions = np.stack([c[self._step - start] for start, c in self._ensemble])  # oldest first
-        # ACT's weighting: exp(-k * i) with i = 0 for the oldest chunk still covering this step.
-        weights = np.exp(-self.temporal_ensemble * np.arange(len(actions), dtype=np.float64))
-        self._step += 1
-        return (weights[:, None] * actions).sum(0).astype(np.float32) / weights.sum().astype(
-            np.float32
-        )
+        """The next action float32[7] for one environment; predicts a chunk when one is due."""
+        kind = self.chunker.next_call()
+        if kind is not None:
+            out = self.infer(
+                [observation],
+                think=kind == "think",
+                reasoning=[self.chunker.reasoning] if kind == "reuse" else None,
+            )
+            thoughts = out["reasoning"]
+            self.chunker.add(out["actions"][0], thoughts[0] if thoughts else None)
+        return self.chunker.pop_action()
 
 
 class _Stopwatch:

@@ -3,7 +3,7 @@
 Offline losses say little about whether a policy succeeds in closed loop, so training can roll the
 current weights out in simulation every N steps and log success (and a video) next to the loss.
 `vla` never imports the simulator: the callback takes an `evaluate(policy) -> report` function,
-which train.py builds from `sim.runner.EnvRunner`. The report is `EvalMetrics.to_dict()`-shaped:
+which train.py builds from `sim.runner.EnvRunner` (`runner.run(policy, policy.new_chunker)`). The report is `EvalMetrics.to_dict()`-shaped:
 {"overall": {"success_rate": ...}, "tasks": [...], "episodes": [{"video": path | None}, ...]}.
 
 The rollout runs on global rank 0 only; the other ranks wait at their next collective, so keep an
@@ -24,12 +24,11 @@ Evaluate = Callable[[VLAPolicy], Mapping[str, Any]]
 
 
 class PeriodicEvaluation(L.Callback):
-    def __init__(self, evaluate: Evaluate, every_n_steps: int, n_action_steps: int | None = None):
+    def __init__(self, evaluate: Evaluate, every_n_steps: int) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.evaluate = evaluate
         self.every_n_steps = every_n_steps
-        self.n_action_steps = n_action_steps
         self.history: list[dict[str, float]] = []  # (step, success) per evaluation, for tests
 
     def on_train_batch_end(
@@ -56,9 +55,9 @@ class PeriodicEvaluation(L.Callback):
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Mapping[str, Any]:
         model = pl_module.model
         was_training = model.training
-        policy = VLAPolicy(
-            model, pl_module.processor, n_action_steps=self.n_action_steps, device=pl_module.device
-        )
+        # Rolled out with the policy API's default chunking (`policy.new_chunker`), exactly as
+        # eval.py rolls out an exported checkpoint.
+        policy = VLAPolicy(model, pl_module.processor, device=pl_module.device)
         try:
             report = self.evaluate(policy)
         finally:
