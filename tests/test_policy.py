@@ -133,7 +133,8 @@ def test_batched_chunks_equal_one_at_a_time(parts) -> None:
     batch = out["actions"]
     assert batch.shape == (2, 6, 7) and batch.dtype == np.float32
     for index, obs in enumerate((observation(2, TASKS[0]), observation(3, TASKS[1]))):
-        single = policy.infer(obs, noise=noise[index : index + 1])["actions"]  # one dict = batch of 1
+        # one observation dict is a batch of one
+        single = policy.infer(obs, noise=noise[index : index + 1])["actions"]
         np.testing.assert_allclose(single[0], batch[index], atol=1e-5)
 
 

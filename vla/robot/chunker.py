@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 CallKind = Literal["act", "think", "reuse"]
+_NOTHING_QUEUED = "no actions queued: call the policy first (next_call() says which call)"
 
 
 def default_n_action_steps(action_horizon: int) -> int:
@@ -56,7 +57,9 @@ class ChunkerConfig:
                 f"temporal_ensemble must be a finite k >= 0 (weights exp(-k i)), got {self.temporal_ensemble!r}"
             )
         if isinstance(self.reasoning_every, bool) or self.reasoning_every < 1:
-            raise ValueError(f"reasoning_every must be an integer >= 1, got {self.reasoning_every!r}")
+            raise ValueError(
+                f"reasoning_every must be an integer >= 1, got {self.reasoning_every!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,7 +116,7 @@ class ActionChunker:
         if self.config.temporal_ensemble is not None:
             return self.pop_action()[None]
         if not self._queue:
-            raise RuntimeError("no actions queued: call the policy first (next_call() says which call)")
+            raise RuntimeError(_NOTHING_QUEUED)
         actions = np.stack(self._queue)
         self._step += len(self._queue)
         self._queue.clear()
@@ -123,7 +126,7 @@ class ActionChunker:
         """The next action (A,)."""
         if self.config.temporal_ensemble is None:
             if not self._queue:
-                raise RuntimeError("no actions queued: call the policy first (next_call() says which call)")
+                raise RuntimeError(_NOTHING_QUEUED)
             self._step += 1
             return self._queue.pop(0)
         step = self._step
