@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla.action_expert import ActionExpert
 from vla.attention import PrefixCache, decode_token, encode_prefix, joint_forward, suffix_forward
 from vla.backbone import build_backbone
 from vla.config import VLAConfig
-from vla.expert import ActionExpert
 from vla.feature_cache import FeatureCache, all_blocks
 
 
