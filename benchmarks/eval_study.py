@@ -25,26 +25,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description  # noqa: E402
 
-from sim.runner import EnvRunner, RolloutSettings  # noqa: E402
+from sim.runner import EnvRunner  # noqa: E402
 from vla.policy import VLAPolicy  # noqa: E402
+from vla.robot.chunker import ChunkerConfig  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    settings: RolloutSettings
+    chunking: ChunkerConfig
     feature_cache_every: int | None = None
 
 
 VARIANTS = (
-    Variant("act, n_action_steps=1", RolloutSettings(n_action_steps=1)),
-    Variant("act, n_action_steps=4", RolloutSettings(n_action_steps=4)),
-    Variant("act, n_action_steps=8", RolloutSettings(n_action_steps=8)),
-    Variant("act, n=4, feature cache every 2", RolloutSettings(n_action_steps=4), 2),
-    Variant("think every chunk, n=4", RolloutSettings(n_action_steps=4, think=True)),
+    Variant("act, n_action_steps=1", ChunkerConfig(n_action_steps=1)),
+    Variant("act, n_action_steps=4", ChunkerConfig(n_action_steps=4)),
+    Variant("act, n_action_steps=8", ChunkerConfig(n_action_steps=8)),
+    Variant("act, n=4, feature cache every 2", ChunkerConfig(n_action_steps=4), 2),
+    Variant("think every chunk, n=4", ChunkerConfig(n_action_steps=4, think=True)),
     Variant(
         "think, reuse 4 chunks, n=4",
-        RolloutSettings(n_action_steps=4, think=True, reasoning_every=4),
+        ChunkerConfig(n_action_steps=4, think=True, reasoning_every=4),
     ),
 )
 
@@ -81,9 +82,10 @@ def main() -> int:
                 args.checkpoint,
                 feature_cache_every=variant.feature_cache_every,
                 noise_scale=args.noise_scale,
+                **variant.chunking.to_dict(),
             )
             started = time.perf_counter()
-            report = runner.run(policy, variant.settings).to_dict()
+            report = runner.run(policy, policy.new_chunker).to_dict()
             reports[variant.name] = report
             rows.append(_row(variant.name, report, time.perf_counter() - started))
             print(rows[-1], flush=True)

@@ -48,7 +48,7 @@ def main() -> int:
             for key in OBSERVATION_KEYS
         }
         torch.manual_seed(0)
-        predicted = policy.predict_chunk([observation])[0][: args.steps, :6]  # (steps, 6)
+        predicted = policy.infer(observation)["actions"][0][: args.steps, :6]  # (steps, 6)
         demonstrated = sample["action"].numpy()[: args.steps, :6]
         errors.append(np.abs(predicted - demonstrated).mean())
         magnitudes.append(np.abs(demonstrated).mean())
