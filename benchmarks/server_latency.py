@@ -28,8 +28,8 @@ from test_policy import observation  # noqa: E402
 from test_serving import HORIZON, save_tiny_checkpoint  # noqa: E402
 
 from vla.cli import start_server_process, stop_server_process  # noqa: E402
-from vla.client import PolicyClient  # noqa: E402
-from vla.serving.msgpack_numpy import packb, unpackb  # noqa: E402
+from vla.robot import PolicyClient  # noqa: E402
+from vla.robot.msgpack_numpy import packb, unpackb  # noqa: E402
 
 
 def measure(address: str, clients: int, seconds: float, image_size: int) -> dict[str, float]:

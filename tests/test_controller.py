@@ -1,5 +1,6 @@
-"""The robot side: chunk stitching, the safety layer, the controller's watchdog, and the demo
-with the simulator standing in for the robot, talking to a server process over loopback."""
+"""The robot side (`vla.robot`): chunk stitching, the safety layer, the controller's watchdog,
+and the demo (deploy_demo.py) with the simulator standing in for the robot, talking to a server
+process over loopback."""
 
 from __future__ import annotations
 
@@ -21,11 +22,21 @@ from hypothesis.extra import numpy as hnp
 from test_serving import obs, running, save_tiny_checkpoint
 
 from vla.cli import start_server_process, stop_server_process
-from vla.client import PolicyClient
-from vla.deploy import DEADLINE, NO_PLAN, PLAN, WAITING, Controller, ControllerConfig, Rate
 from vla.policy import VLAPolicy
-from vla.serving.safety import SafetyConfig, SafetyLayer
-from vla.serving.stitching import ChunkStitcher, StitchConfig
+from vla.robot import (
+    ChunkStitcher,
+    Controller,
+    ControllerConfig,
+    PolicyClient,
+    Rate,
+    SafetyConfig,
+    SafetyLayer,
+    StitchConfig,
+    default_n_action_steps,
+)
+from vla.robot.controller import DEADLINE, NO_PLAN, PLAN, WAITING
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +254,36 @@ def test_controller_aligns_chunks_to_steps_and_trips_the_watchdog_in_ticks() -> 
     np.testing.assert_array_equal(safe[:6], 0.0)
 
 
+class InstantServer:
+    """Answers every request at once with a zero chunk of `horizon` actions."""
+
+    def __init__(self, horizon: int) -> None:
+        self.metadata = {"action_horizon": horizon, "action_dim": 7}
+
+    def infer(self, observation: dict[str, Any]) -> dict[str, Any]:
+        return {"actions": np.zeros((int(self.metadata["action_horizon"]), 7))}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("horizon", [1, 7, 10])
+def test_by_default_the_controller_replans_on_the_chunkers_receding_horizon(horizon) -> None:
+    """Requests go out every default_n_action_steps(H) steps, as evaluation replans in sim."""
+    controller = Controller(InstantServer(horizon), ControllerConfig())
+    request_steps = []
+    for step in range(24):
+        before = controller.stats.requests
+        controller.act({})
+        if controller.stats.requests > before:
+            request_steps.append(step)
+            deadline = time.monotonic() + 10
+            while controller.chunks_waiting() == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)  # the reply is in before the next tick
+    controller.shutdown()
+    assert request_steps == list(range(0, 24, default_n_action_steps(horizon)))
+
+
 def test_watchdog_stops_motion_within_one_period_when_the_server_process_is_paused(
     checkpoint,
 ) -> None:
@@ -310,12 +351,10 @@ def test_start_reports_why_no_chunk_came(checkpoint) -> None:
 # ====================================================================================== demo
 def test_deploy_demo_runs_a_full_episode_through_server_and_controller(checkpoint) -> None:
     steps = 30
-    script = Path(sys.executable).parent / "vla"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "vla.cli"]
     result = subprocess.run(
         [
-            *command,
-            "deploy-demo",
+            sys.executable,
+            str(REPO / "deploy_demo.py"),
             "--checkpoint",
             str(checkpoint),
             "--max-episode-steps",

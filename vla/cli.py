@@ -1,26 +1,22 @@
-"""`vla`: serve a checkpoint to robots, and a demo with the simulator standing in for the robot.
+"""`vla`: serve a checkpoint to robots.
 
     vla serve --checkpoint DIR [--host 127.0.0.1] [--port 8000] [--token ...] [--max-batch 8]
-    vla deploy-demo --checkpoint DIR [--suite quickstart --task 0 --init-state 0] [--json]
 
-The demo is deployment end to end on one machine: the server runs in its own process (as it
-would on a GPU box), and this process runs the robot side — the controller loop at the control
-frequency, with a MuJoCo environment in place of the robot — over loopback.
+`start_server_process` runs `vla serve` as a child process (what the deploy demo, the tests and
+the latency benchmark do). The demo with the simulator standing in for the robot is
+`deploy_demo.py` at the repository root: it wires `sim` and `vla`, which `vla` itself never does.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import secrets
 import select
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 TOKEN_ENV = "VLA_SERVER_TOKEN"
 
@@ -57,32 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="rename the robot's observation keys, e.g. observation/image=observation.images.agentview prompt=task",
     )
     serve.add_argument("--seed", type=int, help="seed of the noise for requests without their own")
-
-    demo = commands.add_parser(
-        "deploy-demo", help="server process + controller loop + simulated robot, one episode"
-    )
-    demo.add_argument("--checkpoint", type=Path, required=True)
-    demo.add_argument("--suite", default="quickstart")
-    demo.add_argument("--task", type=int, default=0)
-    demo.add_argument("--init-state", type=int, default=0)
-    demo.add_argument("--image-size", type=int, default=128, help="camera resolution of the sim")
-    demo.add_argument("--max-episode-steps", type=int, help="default: the suite's episode length")
-    demo.add_argument("--hz", type=float, default=20.0, help="control frequency")
-    demo.add_argument("--replan-every", type=int, help="steps between requests (default H/2)")
-    demo.add_argument("--deadline", type=float, default=0.5, help="watchdog deadline in seconds")
-    demo.add_argument("--stitch", choices=("replace", "freeze", "blend"), default="blend")
-    demo.add_argument("--blend-steps", type=int, default=4)
-    demo.add_argument("--freeze-steps", type=int, default=2)
-    demo.add_argument("--device", default="cpu", help="the server's device")
-    demo.add_argument("--json", action="store_true", help="print the report as one JSON line")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return serve(args)
-    return deploy_demo(args)
+    return serve(args)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -172,68 +148,6 @@ def stop_server_process(process: subprocess.Popen[str], timeout: float = 10.0) -
             process.wait()
     if process.stdout is not None:
         process.stdout.close()
-
-
-def deploy_demo(args: argparse.Namespace) -> int:
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    from vla.client import PolicyClient
-    from vla.deploy import Controller, ControllerConfig, run_episode
-    from vla.serving.stitching import StitchConfig
-
-    token = secrets.token_urlsafe(16)  # the demo authenticates like a real deployment would
-    process, uri = start_server_process(args.checkpoint, token=token, device=args.device)
-    try:
-        env = _make_robot(args)
-        try:
-            observation, _ = env.reset(options={"init_state": args.init_state})
-            client = PolicyClient(uri, token=token)
-            controller = Controller(
-                client,
-                ControllerConfig(
-                    control_hz=args.hz,
-                    replan_every=args.replan_every,
-                    deadline_s=args.deadline,
-                    stitch=StitchConfig(args.stitch, args.freeze_steps, args.blend_steps),
-                ),
-            )
-            try:
-                report = run_episode(env, controller, observation)
-            finally:
-                controller.shutdown()
-        finally:
-            env.close()
-    finally:
-        stop_server_process(process)
-    report = {"task": env.task_description, "server": uri, **report}
-    _print_report(report, args.json)
-    return 0
-
-
-def _make_robot(args: argparse.Namespace) -> Any:
-    """The simulated robot. The only place `vla` touches `sim`, imported only by this demo:
-    the server, client and controller never need it (DESIGN.md: vla never imports sim)."""
-    from sim.registry import make
-
-    config: dict[str, Any] = {"image_size": (args.image_size, args.image_size)}
-    if args.max_episode_steps is not None:
-        config["max_episode_steps"] = args.max_episode_steps
-    return make(args.suite, args.task, **config)
-
-
-def _print_report(report: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(report), flush=True)
-        return
-    outcome = "SUCCESS" if report["success"] else "no success"
-    print(f"{outcome}: {report['task']!r} in {report['steps']} steps ({report['seconds']:.1f} s)")
-    print(
-        f"  control {report['control_hz']:g} Hz, {report['overruns']} overrun ticks; "
-        f"{report['chunks']} chunks from {report['requests']} requests "
-        f"({report['request_errors']} failed); round trip p50 {report['round_trip_ms_p50']:.1f} ms, "
-        f"p90 {report['round_trip_ms_p90']:.1f} ms; chunks used {report['latency_steps_mean']:.1f} "
-        f"steps after their observation on average"
-    )
-    print(f"  commands by source: {report['sources']}")
 
 
 if __name__ == "__main__":

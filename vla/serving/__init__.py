@@ -1,5 +1,6 @@
-"""Serving a policy to a robot: wire codec, websocket server, client, controller-side safety.
+"""Serving a policy to robots: the torch side, `vla.serving.server` (websocket server, batching).
 
-Nothing here is imported eagerly: `vla.client` and the controller (`vla.deploy`) run on robot
-computers without torch, so only `vla.serving.server` may import the model.
+Everything the robot computer runs — client, wire protocol, msgpack codec, controller,
+stitching, safety — is `vla.robot`, which never imports torch; the server imports its protocol
+and codec from there, so both ends share one definition of the wire.
 """

@@ -3,15 +3,19 @@
     server = PolicyServer(VLAPolicy.from_pretrained(path), ServerConfig(port=8000))
     server.run()                     # blocks; SIGINT/SIGTERM stop it cleanly
 
-Wire format and error replies: `vla.serving.protocol`. Why the pieces are shaped this way:
+Wire format and error replies: `vla.robot.protocol` (shared with the robot-side client, which
+must not import torch; this module is the torch side). Why the pieces are shaped this way:
 
 - One inference thread runs the model; the asyncio loop only decodes, validates and replies. So
   health checks, error replies and new connections never wait behind a forward pass, and the
   model is never entered by two threads at once.
 - Requests wait in one queue. The batcher takes the first, then everything that arrives within
-  `max_wait_ms` (up to `max_batch`), and runs them as one `predict_chunk` call: requests that
-  arrive while a pass is running are batched into the next one even with `max_wait_ms=0`.
-  `max_batch=1` turns batching off.
+  `max_wait_ms` (up to `max_batch`), and runs them as one `VLAPolicy.infer` call per kind of
+  request (plain, think, reasoning reuse: one call takes one kind): requests that arrive while a
+  pass is running are batched into the next one even with `max_wait_ms=0`. `max_batch=1` turns
+  batching off.
+- The reply is the policy's own `infer` dict, sliced to the request's observation, plus the
+  server's timing: what a robot gets over the wire is what a user gets from the policy.
 - Every request is validated on its own before it can join a batch, so one robot's malformed
   observation never fails another robot's request; if a batched pass still fails, its requests
   are retried one by one so only the culprit gets the error.
@@ -43,10 +47,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from vla.policy import VLAPolicy
-from vla.serving import protocol
-from vla.serving.msgpack_numpy import DecodeError, packb, unpackb
-from vla.serving.protocol import InvalidObservation, ObservationSpec
+from vla.policy import ReasoningUnavailableError, VLAPolicy
+from vla.robot import protocol
+from vla.robot.msgpack_numpy import DecodeError, packb, unpackb
+from vla.robot.protocol import InvalidObservation, ObservationSpec, RequestOptions
 
 log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -93,8 +97,8 @@ class ServerStats:
 @dataclass
 class _Pending:
     observation: dict[str, Any]
-    seed: int | None
-    future: asyncio.Future[tuple[np.ndarray, dict[str, float]]]
+    options: RequestOptions
+    future: asyncio.Future[dict[str, Any]]  # the reply dict
     enqueued: float
 
 
@@ -126,7 +130,11 @@ class PolicyServer:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """Sent to every client on connect: what to send and what comes back."""
+        """Sent to every client on connect: what to send and what comes back.
+
+        The one place the metadata is built: what the checkpoint says about itself (horizon,
+        cameras, the observation spec, whether it can think) and how this server is set up.
+        """
         config = self.policy.config
         return {
             "protocol": protocol.PROTOCOL,
@@ -134,6 +142,7 @@ class PolicyServer:
             "action_dim": config.action_dim,
             "cameras": list(config.cameras),
             "observation": self.spec.to_dict(),
+            "can_reason": self.policy.can_reason,  # False: think/reasoning get `unsupported`
             "max_message_bytes": self.config.max_message_bytes,
             "max_batch": self.config.max_batch,
             "auth": self.config.token is not None,
@@ -153,7 +162,7 @@ class PolicyServer:
         asyncio.run(main())
 
     def _announce(self, port: int) -> None:
-        # One line on stdout that a parent process (e.g. `vla deploy-demo`) can wait for.
+        # One line on stdout that a parent process (`vla.cli.start_server_process`) waits for.
         print(f"serving on ws://{self.config.host}:{port}", flush=True)
         if self.config.host not in LOOPBACK_HOSTS and self.config.token is None:
             log.warning(
@@ -227,10 +236,10 @@ class PolicyServer:
             return self._error(
                 protocol.BAD_FRAME,
                 "got a text frame; send the observation as a binary msgpack frame "
-                "(vla.client.PolicyClient and openpi clients do)",
+                "(vla.robot.PolicyClient and openpi clients do)",
             )
         try:
-            observation, seed = self.spec.validate(unpackb(message))
+            observation, options = self.spec.validate(unpackb(message))
         except DecodeError as error:
             return self._error(protocol.BAD_FRAME, str(error))
         except InvalidObservation as error:
@@ -240,17 +249,19 @@ class PolicyServer:
             return self._error(protocol.INTERNAL, f"{type(error).__name__}: {error}")
         assert self._queue is not None
         loop = asyncio.get_running_loop()
-        pending = _Pending(observation, seed, loop.create_future(), time.perf_counter())
+        pending = _Pending(observation, options, loop.create_future(), time.perf_counter())
         await self._queue.put(pending)
         try:
-            actions, timing = await pending.future
+            reply = await pending.future
+        except ReasoningUnavailableError as error:  # think/reuse asked of an act-only checkpoint
+            return self._error(protocol.UNSUPPORTED, str(error))
         except Exception as error:  # a model failure on a validated observation
             log.exception("inference failed")
             return self._error(
                 protocol.INTERNAL, f"inference failed: {type(error).__name__}: {error}"
             )
         self.stats.replies += 1
-        return packb({"actions": actions, "server_timing": timing})
+        return packb(reply)
 
     def _error(self, error_type: str, message: str) -> str:
         self.stats.errors[error_type] += 1
@@ -275,57 +286,86 @@ class PolicyServer:
                 except TimeoutError:
                     break
             batch = [pending for pending in batch if not pending.future.done()]
-            if batch:
-                await self._run_batch(batch)
+            for kind in ("act", "reuse", "think"):  # one policy call per kind, fastest first
+                group = [pending for pending in batch if pending.options.kind == kind]
+                if group:
+                    await self._run_batch(group)
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            chunks = await loop.run_in_executor(self._executor, self._infer, batch)  # (B, H, A)
+            out = await loop.run_in_executor(self._executor, self._infer, batch)
         except Exception as error:
-            if len(batch) > 1:  # isolate the request that broke the pass
+            if len(batch) > 1 and not isinstance(error, ReasoningUnavailableError):
+                # isolate the request that broke the pass (an act-only checkpoint asked to think
+                # fails every request of the group alike: no retries for that)
                 for pending in batch:
                     await self._run_batch([pending])
                 return
-            if not batch[0].future.done():
-                batch[0].future.set_exception(error)
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
             return
         self.stats.forward_passes += 1
         self.stats.batch_sizes[len(batch)] += 1
         infer_ms = (time.perf_counter() - started) * 1000
-        for pending, chunk in zip(batch, chunks, strict=True):
+        for index, pending in enumerate(batch):
             if pending.future.done():  # cancelled: the connection went away
                 continue
+            chunk = out["actions"][index]  # (H, A)
             if not np.isfinite(chunk).all():  # never send a robot NaN or Inf actions
                 pending.future.set_exception(
                     FloatingPointError("the model produced non-finite actions for this observation")
                 )
-            else:
-                timing = {
-                    "infer_ms": infer_ms,
-                    "queue_ms": (started - pending.enqueued) * 1000,
-                    "batch_size": len(batch),
+                continue
+            reasoning = out["reasoning"]
+            pending.future.set_result(
+                {
+                    "actions": chunk,
+                    "reasoning": None if reasoning is None else reasoning[index],
+                    "timing": dict(out["timing"]),  # the policy's stages, for the whole pass
+                    "server_timing": {
+                        "infer_ms": infer_ms,
+                        "queue_ms": (started - pending.enqueued) * 1000,
+                        "batch_size": len(batch),
+                    },
                 }
-                pending.future.set_result((chunk, timing))
+            )
 
-    def _infer(self, batch: list[_Pending]) -> np.ndarray:
-        """One forward pass (inference thread): (B, H, A) float32 chunks in robot units."""
+    def _infer(self, batch: list[_Pending]) -> dict[str, Any]:
+        """One `VLAPolicy.infer` call (inference thread) for requests of one kind: its dict, with
+        "actions" (B, H, A) float32 in robot units."""
         config = self.policy.config
         shape = (config.action_horizon, config.action_dim)
         noise = torch.stack(
             [
-                torch.randn(shape, generator=torch.Generator().manual_seed(pending.seed))
-                if pending.seed is not None
+                torch.randn(shape, generator=torch.Generator().manual_seed(pending.options.seed))
+                if pending.options.seed is not None
                 else torch.randn(shape, generator=self._noise_generator)
                 for pending in batch
             ]
         ).to(self.policy.device)  # (B, H, A)
-        chunks = self.policy.predict_chunk([pending.observation for pending in batch], noise=noise)
-        chunks = np.asarray(chunks, dtype=np.float32)
-        if chunks.shape != (len(batch), *shape):
-            raise RuntimeError(f"the policy returned chunks of shape {chunks.shape}")
-        return chunks
+        first = batch[0].options
+        out = self.policy.infer(
+            [pending.observation for pending in batch],
+            think=first.think,
+            reasoning=None
+            if first.reasoning is None
+            else [str(pending.options.reasoning) for pending in batch],
+            noise=noise,
+        )
+        actions = np.asarray(out["actions"], dtype=np.float32)
+        if actions.shape != (len(batch), *shape):
+            raise RuntimeError(f"the policy returned actions of shape {actions.shape}")
+        reasoning = out["reasoning"]
+        if (reasoning is None) != (first.kind == "act") or (
+            reasoning is not None and len(reasoning) != len(batch)
+        ):
+            raise RuntimeError(
+                f"the policy returned reasoning {reasoning!r:.200} for a {first.kind!r} call"
+            )
+        return {**out, "actions": actions}
 
 
 def reference_noise(seed: int, horizon: int, action_dim: int) -> torch.Tensor:

@@ -1,13 +1,14 @@
 """The robot-side client of `vla serve`: numpy, msgpack and websockets only (no torch).
 
-    from vla.client import PolicyClient
+    from vla.robot import PolicyClient
     with PolicyClient("ws://127.0.0.1:8000", token=None) as client:
         print(client.metadata["action_horizon"])
-        reply = client.infer(observation)   # {"actions": float32 (H, 7), "server_timing": {...}, ...}
+        reply = client.infer(observation)   # {"actions": float32 (H, 7), "reasoning": None, ...}
+        reply = client.infer(observation, think=True)   # "reasoning": the generated chain
 
 Why so few dependencies: robot computers run a real-time stack and often an old Python; the
 client must install there without CUDA wheels. It speaks the openpi websocket protocol (see
-`vla.serving.protocol`), so it also works against an openpi policy server.
+`vla.robot.protocol`), so it also works against an openpi policy server.
 
 A connection that failed or timed out is dropped and reopened by the next `infer`: a reply that
 arrives after its request timed out must never be read as the answer to the next request.
@@ -23,9 +24,9 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from vla.serving import protocol
-from vla.serving.msgpack_numpy import packb, unpackb
-from vla.serving.protocol import InvalidObservation, ObservationSpec
+from vla.robot import protocol
+from vla.robot.msgpack_numpy import packb, unpackb
+from vla.robot.protocol import InvalidObservation, ObservationSpec, RequestOptions
 
 __all__ = ["InvalidObservation", "PolicyClient", "ServerError"]
 
@@ -94,15 +95,29 @@ class PolicyClient:
         self._connection = connection
         return connection
 
-    def infer(self, observation: Mapping[str, Any], seed: int | None = None) -> dict[str, Any]:
-        """One round trip: the reply with "actions" (H, A) float32 and the server's timing.
+    def infer(
+        self,
+        observation: Mapping[str, Any],
+        seed: int | None = None,
+        *,
+        think: bool = False,
+        reasoning: str | None = None,
+    ) -> dict[str, Any]:
+        """One round trip: the policy's reply for this observation, plus `client_timing`.
 
-        Raises `ServerError` for an error reply (the connection stays usable), `TimeoutError`
-        or `ConnectionError` when the server does not answer (the next call reconnects).
+        The reply is `VLAPolicy.infer`'s dict for one observation: "actions" (H, A) float32,
+        "reasoning" (the chain generated with `think=True`, or the one passed as `reasoning`;
+        else None) and "timing", with the server's "server_timing" (see `vla.robot.protocol`).
+        Raises `ServerError` for an error reply (the connection stays usable; type
+        `unsupported` when the checkpoint cannot think), `TimeoutError` or `ConnectionError`
+        when the server does not answer (the next call reconnects).
         """
         message: dict[str, Any] = dict(observation)
-        if seed is not None:
-            message[protocol.OPTIONS_KEY] = {"seed": int(seed)}
+        options = RequestOptions(
+            seed=None if seed is None else int(seed), think=think, reasoning=reasoning
+        ).to_dict()
+        if options:
+            message[protocol.OPTIONS_KEY] = options
         spec = self.spec
         if self.validate and spec is not None:
             spec.validate(message)

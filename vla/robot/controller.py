@@ -10,11 +10,13 @@
         observation = robot.observe()
     robot.apply(controller.shutdown())         # the safe action; worker stopped, socket closed
 
-Why it is built this way (numpy + `vla.client` only, so it runs on a robot computer):
+Why it is built this way (numpy + `vla.robot.client` only, so it runs on a robot computer):
 
 - `act` runs in the control thread and never waits for the network. A worker thread owns the
   client and fetches the next chunk while the current one executes: a request goes out every
-  `replan_every` steps (or as soon as the previous reply is in, if inference is slower).
+  `replan_every` steps (or as soon as the previous reply is in, if inference is slower). Its
+  default is the chunker's receding horizon, `default_n_action_steps`, so the robot replans as
+  often as evaluation in simulation does.
 - Chunks are stitched into one plan by `ChunkStitcher` (stale prefix dropped, then
   replace/freeze/blend at the seam), then every command passes `SafetyLayer` (limits, per-step
   change, NaN guard).
@@ -36,8 +38,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vla.serving.safety import SafetyConfig, SafetyLayer
-from vla.serving.stitching import ChunkStitcher, StitchConfig
+from vla.robot.chunker import default_n_action_steps
+from vla.robot.safety import SafetyConfig, SafetyLayer
+from vla.robot.stitching import ChunkStitcher, StitchConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ SAFE_SOURCES = (WAITING, DEADLINE, NO_PLAN, UNUSABLE)
 
 
 class InferenceClient(Protocol):
-    """What the controller needs from a client (`vla.client.PolicyClient` is one)."""
+    """What the controller needs from a client (`vla.robot.client.PolicyClient` is one)."""
 
     metadata: dict[str, Any]
 
@@ -63,7 +66,7 @@ class InferenceClient(Protocol):
 @dataclass(frozen=True)
 class ControllerConfig:
     control_hz: float = 20.0
-    replan_every: int | None = None  # steps between requests; None = half the action horizon
+    replan_every: int | None = None  # steps between requests; None: default_n_action_steps(H)
     deadline_s: float = 0.5  # watchdog: longest time without a fresh chunk before a safe stop
     stitch: StitchConfig = field(default_factory=StitchConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
@@ -122,7 +125,7 @@ class Controller:
                 f"the safety limits have {self.safety.action_dim} dimensions, the server's "
                 f"actions {self.action_dim}"
             )
-        self.replan_every = self.config.replan_every or max(1, self.action_horizon // 2)
+        self.replan_every = self.config.replan_every or default_n_action_steps(self.action_horizon)
         self.stitcher = ChunkStitcher(self.config.stitch)
         self.stats = ControllerStats()
         self.ticks: collections.deque[Tick] = collections.deque(maxlen=self.config.log_ticks)
@@ -284,50 +287,3 @@ class Rate:
         else:
             self.overruns += 1
             self.next = now + self.period
-
-
-class Env(Protocol):
-    """The robot stand-in `run_episode` drives: a gymnasium environment (e.g. sim's)."""
-
-    def step(
-        self, action: np.ndarray
-    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]: ...
-
-
-def run_episode(
-    env: Env,
-    controller: Controller,
-    observation: Mapping[str, Any],
-    max_steps: int | None = None,
-) -> dict[str, Any]:
-    """Drive one episode at the controller's rate; returns what happened (success, steps, ...)."""
-    controller.start(observation)
-    rate = Rate(controller.config.control_hz)
-    started = time.monotonic()
-    steps, success, info = 0, False, {}
-    while True:
-        action = controller.act(observation)
-        observation, _, terminated, truncated, info = env.step(action)
-        steps += 1
-        success = bool(info.get("success", False))
-        if terminated or truncated or (max_steps is not None and steps >= max_steps):
-            break
-        rate.sleep()
-    stats = controller.stats
-    round_trip = np.asarray(stats.round_trip_ms) if stats.round_trip_ms else np.zeros(1)
-    return {
-        "success": success,
-        "steps": steps,
-        "terminated": bool(terminated),
-        "truncated": bool(truncated),
-        "seconds": time.monotonic() - started,
-        "control_hz": controller.config.control_hz,
-        "overruns": rate.overruns,
-        "chunks": stats.chunks,
-        "requests": stats.requests,
-        "request_errors": stats.request_errors,
-        "sources": dict(stats.sources),
-        "round_trip_ms_p50": float(np.percentile(round_trip, 50)),
-        "round_trip_ms_p90": float(np.percentile(round_trip, 90)),
-        "latency_steps_mean": float(np.mean(stats.latency_steps)) if stats.latency_steps else 0.0,
-    }

@@ -2,9 +2,16 @@
 
 One websocket connection carries, in order:
 
-1. server -> client: one binary msgpack frame, the metadata dict (`Metadata.to_dict()`);
+1. server -> client: one binary msgpack frame, the metadata dict (`PolicyServer.metadata`);
 2. client -> server: a binary msgpack observation dict; server -> client: a binary msgpack
-   reply ``{"actions": float32 (H, 7), "server_timing": {...}}``; repeated.
+   reply, the policy's own `VLAPolicy.infer` dict for this one observation plus the server's
+   timing (as openpi's server adds its ``server_timing``)::
+
+       {"actions": float32 (H, 7), "reasoning": str | None,
+        "timing": {"prefix_ms", "reasoning_ms", "denoise_ms", "total_ms"},
+        "server_timing": {"infer_ms", "queue_ms", "batch_size"}}
+
+   repeated.
 
 An error reply is a *text* frame holding JSON ``{"error": {"type": ..., "message": ...}}`` and
 the connection stays open for the next request. A text frame is what an openpi client treats as a
@@ -27,15 +34,17 @@ from typing import Any
 
 import numpy as np
 
+from vla.robot.chunker import CallKind
+
 PROTOCOL = "vla-msgpack/1 (openpi-compatible)"
-# An optional request entry that is not an observation: {"seed": int} makes the chunk
-# reproducible (the initial noise is drawn from torch.Generator().manual_seed(seed)).
+# An optional request entry that is not an observation (see `RequestOptions`).
 OPTIONS_KEY = "__options__"
 
 # Error types of an error reply.
 BAD_FRAME = "bad_frame"  # a text frame, or bytes that are not msgpack
 INVALID_OBSERVATION = "invalid_observation"  # msgpack, but not an observation the model takes
 INTERNAL = "internal"  # the model failed on a valid observation (a server bug: please report)
+UNSUPPORTED = "unsupported"  # the checkpoint cannot do what was asked (think, trained act-only)
 CLOSE_MESSAGE_TOO_BIG = 1009  # websocket close code for a message over max_message_bytes
 
 
@@ -58,6 +67,37 @@ def parse_error_reply(text: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class RequestOptions:
+    """What a request may ask besides its observation, sent as ``{"__options__": {...}}``.
+
+    `seed` makes the chunk reproducible: the initial noise is drawn from
+    `torch.Generator().manual_seed(seed)`. `think` generates a chain of thought first (returned as
+    "reasoning"); `reasoning` instead conditions on a chain the robot kept from an earlier reply
+    (reasoning reuse: no decoding, one parallel pass). At most one of the two.
+    """
+
+    seed: int | None = None
+    think: bool = False
+    reasoning: str | None = None
+
+    @property
+    def kind(self) -> CallKind:
+        """The kind of policy call this request needs (one batched call takes one kind)."""
+        return "think" if self.think else "reuse" if self.reasoning is not None else "act"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: only what differs from the defaults (an empty map asks for nothing)."""
+        payload: dict[str, Any] = {}
+        if self.seed is not None:
+            payload["seed"] = self.seed
+        if self.think:
+            payload["think"] = True
+        if self.reasoning is not None:
+            payload["reasoning"] = self.reasoning
+        return payload
+
+
+@dataclass(frozen=True)
 class ObservationSpec:
     """What one observation must hold, in the model's key names.
 
@@ -73,6 +113,7 @@ class ObservationSpec:
     key_map: Mapping[str, str] = field(default_factory=dict)
     max_image_side: int = 4096
     max_task_chars: int = 1024
+    max_reasoning_chars: int = 8192  # a `reasoning` option longer than this is refused
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +124,7 @@ class ObservationSpec:
             "key_map": dict(self.key_map),
             "max_image_side": self.max_image_side,
             "max_task_chars": self.max_task_chars,
+            "max_reasoning_chars": self.max_reasoning_chars,
         }
 
     @classmethod
@@ -95,6 +137,7 @@ class ObservationSpec:
             key_map=dict(payload.get("key_map", {})),
             max_image_side=int(payload.get("max_image_side", 4096)),
             max_task_chars=int(payload.get("max_task_chars", 1024)),
+            max_reasoning_chars=int(payload.get("max_reasoning_chars", 8192)),
         )
 
     def robot_key(self, key: str) -> str:
@@ -105,8 +148,8 @@ class ObservationSpec:
         robot = self.robot_key(key)
         return repr(key) if robot == key else f"{robot!r} (mapped to {key!r})"
 
-    def validate(self, message: Any) -> tuple[dict[str, Any], int | None]:
-        """A decoded request -> (observation in our keys, with only what the model reads; seed).
+    def validate(self, message: Any) -> tuple[dict[str, Any], RequestOptions]:
+        """A decoded request -> (observation in our keys, with only what the model reads; options).
 
         Raises `InvalidObservation` naming the first problem found.
         """
@@ -124,7 +167,7 @@ class ObservationSpec:
                     f"two keys of the request map to {ours!r} (key map {dict(self.key_map)})"
                 )
             renamed[ours] = value
-        seed = _seed(renamed.get(OPTIONS_KEY))
+        options = self._options(renamed.get(OPTIONS_KEY))
         needed = [*self.image_keys, self.state_key, self.task_key]
         missing = [key for key in needed if key not in renamed]
         if missing:
@@ -173,24 +216,40 @@ class ObservationSpec:
                 f"characters; got {_describe(task)}"
             )
         observation[self.task_key] = task
-        return observation, seed
+        return observation, options
 
-
-def _seed(options: Any) -> int | None:
-    if options is None:
-        return None
-    if not isinstance(options, Mapping) or set(options) - {"seed"}:
-        raise InvalidObservation(
-            f"{OPTIONS_KEY!r} must be a map with the optional key 'seed'; got {options!r:.120}"
-        )
-    seed = options.get("seed")
-    if seed is None:
-        return None
-    if isinstance(seed, np.integer):
-        seed = int(seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise InvalidObservation(f"the seed must be an int in [0, 2**63), got {seed!r:.80}")
-    return seed
+    def _options(self, options: Any) -> RequestOptions:
+        if options is None:
+            return RequestOptions()
+        known = {"seed", "think", "reasoning"}
+        if not isinstance(options, Mapping) or set(options) - known:
+            raise InvalidObservation(
+                f"{OPTIONS_KEY!r} must be a map with the optional keys {sorted(known)}; "
+                f"got {options!r:.120}"
+            )
+        seed = options.get("seed")
+        if isinstance(seed, np.integer):
+            seed = int(seed)
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
+        ):
+            raise InvalidObservation(f"the seed must be an int in [0, 2**63), got {seed!r:.80}")
+        think = options.get("think", False)
+        if not isinstance(think, bool | np.bool_):
+            raise InvalidObservation(f"'think' must be true or false, got {think!r:.80}")
+        reasoning = options.get("reasoning")
+        if reasoning is not None and (
+            not isinstance(reasoning, str) or len(reasoning) > self.max_reasoning_chars
+        ):
+            raise InvalidObservation(
+                f"'reasoning' must be a string of at most {self.max_reasoning_chars} characters; "
+                f"got {_describe(reasoning)}"
+            )
+        if think and reasoning is not None:
+            raise InvalidObservation(
+                "ask for 'think' (generate a new chain) or pass 'reasoning' (reuse a chain), not both"
+            )
+        return RequestOptions(seed=seed, think=bool(think), reasoning=reasoning)
 
 
 def _describe(value: Any) -> str:
