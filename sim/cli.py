@@ -35,7 +35,7 @@ def add_sim_commands(commands: argparse._SubParsersAction) -> None:
     generate.add_argument(
         "--video", action="store_true", help="store cameras as mp4 instead of PNG"
     )
-    generate.add_argument("--tasks", nargs="+", type=int, help="task indices (default: all)")
+    generate.add_argument("--tasks", nargs="+", help="task indices or names (default: all)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,12 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     if args.command != "generate":
         return run_data_command(args, console)
+    from sim.catalog import get_suite
     from sim.generate import GenerationConfig, generate_dataset, summary_lines
-    from sim.registry import get_suite
 
     try:
         suite = get_suite(args.suite)
-        tasks = tuple(suite.tasks[index] for index in args.tasks) if args.tasks else ()
+        tasks = tuple(suite.resolve(task) for task in args.tasks or ())
     except (KeyError, IndexError) as error:
         console.print(f"[bold red]error[/]: {error}")
         return 2

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
 import mujoco
 import numpy as np
 from robosuite.utils import transform_utils
 
+from sim.base_env import NO_OP_ACTION, SETTLE_STEPS, SimEnv
 from sim.camera import CameraRig
 from sim.objects import (
     COLORS,
@@ -33,15 +33,14 @@ from sim.tasks import LayoutConstraint, PlaceStep, TaskSpec
 
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
 NUM_INIT_STATES = 50
-SETTLE_STEPS = 10
 ARM_INIT_NOISE = 0.02  # rad, per joint, like robosuite's default initialization noise
 _STREAM_TRAIN, _STREAM_EVAL = 0, 1
 
 
-class TabletopEnv(gym.Env):
-    """One language-conditioned table-top task with a Panda arm (OSC_POSE deltas at 20 Hz)."""
+class TabletopEnv(SimEnv):
+    """One language-conditioned table-top task with a Panda arm (OSC_POSE deltas at 20 Hz).
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    Action checks, step counting and truncation are `SimEnv`'s (sim/base_env.py)."""
 
     def __init__(
         self,
@@ -80,7 +79,6 @@ class TabletopEnv(gym.Env):
         }
         self.observation_space = observation_space(*self.image_size)
         self.action_space = action_space()
-        self.steps = 0
         self.episode_seed: int | None = None
 
     # ------------------------------------------------------------------ gym API
@@ -107,21 +105,14 @@ class TabletopEnv(gym.Env):
         self._pose_arm(rng)
         self._place_objects(rng)
         self._paint_objects(rng)
-        hold = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
         for _ in range(SETTLE_STEPS):
-            self.scene.step(hold)
-        self.steps = 0
+            self.scene.step(NO_OP_ACTION)
         return self._observation(), {"success": self.is_success(), "task": self.task_description}
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape != (7,) or not np.isfinite(action).all():
-            raise ValueError(f"action must be 7 finite numbers in [-1, 1], got {action}")
-        self.scene.step(np.clip(action, -1.0, 1.0))
-        self.steps += 1
+    def _apply_action(self, action: np.ndarray) -> tuple[dict[str, Any], bool]:
+        self.scene.step(action)
         success = self.is_success()
-        truncated = self.steps >= self.max_episode_steps and not success
-        return self._observation(), float(success), success, truncated, {"success": success}
+        return self._observation(), success
 
     def render(self) -> np.ndarray:
         return self.cameras.render(self.data, CAMERAS["agentview"])

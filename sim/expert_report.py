@@ -34,8 +34,8 @@ class TaskResult:
 def evaluate_expert(suite: str, task: str, episodes: int = NUM_INIT_STATES) -> TaskResult:
     """Run the expert once from each of the task's first `episodes` evaluation init states."""
     os.environ.setdefault("MUJOCO_GL", "egl")
+    from sim.catalog import make
     from sim.expert import rollout
-    from sim.registry import make
 
     env = make(suite, task, render_images=False)
     successes, lengths, failed = 0, [], []
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    from sim.registry import suite_tasks
+    from sim.catalog import suite_tasks
 
     jobs = [(suite, task) for suite in args.suite for task in suite_tasks(suite)]
     start = time.perf_counter()

@@ -62,7 +62,10 @@ class EpisodeJob:
 
 
 @dataclass
-class EpisodeResult:
+class ExpertEpisode:
+    """One scripted-expert rollout as a worker sends it back; `columns` only on success (a
+    failed episode is recorded by its seed and never written)."""
+
     task: str
     seed: int
     success: bool
@@ -83,11 +86,11 @@ class GenerationSummary:
 _ENVS: dict[tuple[str, str, tuple[int, int]], Any] = {}
 
 
-def run_episode(job: EpisodeJob) -> EpisodeResult:
+def run_expert_episode(job: EpisodeJob) -> ExpertEpisode:
     """Roll out the scripted expert once and record frames, actions and reasoning labels."""
+    from sim.catalog import make
     from sim.expert import ExpertStep, rollout
     from sim.labels import EpisodeLabeler
-    from sim.registry import make
 
     key = (job.suite, job.task, job.image_size)
     if key not in _ENVS:
@@ -109,10 +112,10 @@ def run_episode(job: EpisodeJob) -> EpisodeResult:
     success = rollout(env, job.seed, scene_seed=job.seed, before_step=record)
     length = len(frames["action"])
     if not success:
-        return EpisodeResult(job.task, job.seed, False, length)
+        return ExpertEpisode(job.task, job.seed, False, length)
     columns = {key_name: np.stack(values) for key_name, values in frames.items()}
     columns.update(labeler.columns())
-    return EpisodeResult(job.task, job.seed, True, length, columns)
+    return ExpertEpisode(job.task, job.seed, True, length, columns)
 
 
 def _worker_init() -> None:
@@ -200,15 +203,10 @@ def generate_dataset(
     config: GenerationConfig, out: str | Path, workers: int = 1, progress: bool = True
 ) -> GenerationSummary:
     """Write `episodes_per_task` successful expert episodes of every task to `out` (resumable)."""
-    from sim.registry import get_suite
+    from sim.catalog import get_suite
 
     spec = get_suite(config.suite)
-    tasks = list(config.tasks) or list(spec.tasks)
-    unknown = [task for task in tasks if task not in spec.tasks]
-    if unknown:
-        raise KeyError(
-            f"suite {config.suite!r} has no task(s) {unknown}; its tasks: {list(spec.tasks)}"
-        )
+    tasks = [spec.resolve(task) for task in config.tasks] or list(spec.tasks)
     if config.episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {config.episodes_per_task}")
     root = Path(out)
@@ -269,7 +267,9 @@ def _generate_task(
     while needed > 0:
         while len(pending) < 2 * workers and attempts + len(pending) < max_attempts:
             pending.append(
-                pool.submit(run_episode, EpisodeJob(config.suite, task, seed, config.image_size))
+                pool.submit(
+                    run_expert_episode, EpisodeJob(config.suite, task, seed, config.image_size)
+                )
             )
             seed += 1
         if not pending:
@@ -277,7 +277,7 @@ def _generate_task(
                 f"the expert failed {len(ledger.failures.get(task, []))} of {attempts} attempts at {task!r}; "
                 f"giving up before reaching {config.episodes_per_task} episodes"
             )
-        result: EpisodeResult = pending.popleft().result()
+        result: ExpertEpisode = pending.popleft().result()
         attempts += 1
         summary.attempts[task] = summary.attempts.get(task, 0) + 1
         if not result.success:

@@ -59,7 +59,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from sim.registry import SuiteSpec, did_you_mean, register_suite
+from sim.base_env import NO_OP_ACTION, SETTLE_STEPS, SimEnv
+from sim.registry import SuiteSpec, UnknownNameError, did_you_mean, register_suite
 from sim.spaces import action_space, observation_space
 
 # Published maximum episode lengths (LIBERO paper / openpi's LIBERO example), settle steps excluded.
@@ -70,11 +71,9 @@ SUITE_MAX_EPISODE_STEPS = {
     "libero_10": 520,
     "libero_90": 400,
 }
-SETTLE_STEPS = 10
-NO_OP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # hold still, gripper open
 INSTALL_HINT = "pip install -e '.[libero]'"
 # Our observation key -> robosuite's (upside-down) camera observation.
-CAMERAS = {
+IMAGE_KEYS = {
     "observation.images.agentview": "agentview_image",
     "observation.images.wrist": "robot0_eye_in_hand_image",
 }
@@ -99,7 +98,7 @@ def _import_libero() -> Any:
 def _check_suite(suite: str) -> None:
     if suite not in SUITE_MAX_EPISODE_STEPS:
         hint = did_you_mean(suite, SUITE_MAX_EPISODE_STEPS)
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown LIBERO suite {suite!r}{hint}; known: {', '.join(SUITE_MAX_EPISODE_STEPS)}"
         )
 
@@ -175,10 +174,10 @@ class _LazyTaskNames(Sequence):
 
 
 # --------------------------------------------------------------------------- the environment
-class LiberoEnv(gym.Env):
-    """One task of one LIBERO suite, with upright images and the 8-number proprio state."""
+class LiberoEnv(SimEnv):
+    """One task of one LIBERO suite, with upright images and the 8-number proprio state.
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    Action checks, step counting and truncation are `SimEnv`'s (sim/base_env.py)."""
 
     def __init__(
         self,
@@ -200,7 +199,8 @@ class LiberoEnv(gym.Env):
         if render_mode != "rgb_array":
             raise ValueError(f"render_mode must be 'rgb_array', got {render_mode!r}")
         self.suite = suite
-        self.task_id = _task_index(suite, task)
+        _check_suite(suite)
+        self.task_id = _SPECS[suite].index(task)
         benchmark = _benchmark(suite)
         self.task_name = libero_task_names(suite)[self.task_id]
         self.task_description: str = benchmark.get_task(self.task_id).language
@@ -228,7 +228,6 @@ class LiberoEnv(gym.Env):
         self.observation_space = observation_space(height, width)
         self.action_space = action_space()
         self.np_random, _ = gym.utils.seeding.np_random(self._seed)
-        self.steps = 0
         self.init_state: int | None = None
         self.raw_observation: dict[str, Any] = {}  # robosuite's last observation, for debugging
         self._observation: dict[str, Any] | None = None
@@ -246,7 +245,6 @@ class LiberoEnv(gym.Env):
         raw = self.libero_env.set_init_state(self._init_states[self.init_state])
         for _ in range(self.settle_steps):
             raw, _, _, _ = self.libero_env.step(NO_OP_ACTION)
-        self.steps = 0
         success = bool(self.libero_env.check_success())
         observation = self._observe(raw)
         return observation, {
@@ -255,17 +253,9 @@ class LiberoEnv(gym.Env):
             "init_state": self.init_state,
         }
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        if self._observation is None:
-            raise RuntimeError("call reset() before step()")
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape != (7,) or not np.isfinite(action).all():
-            raise ValueError(f"action must be 7 finite numbers in [-1, 1], got {action}")
-        raw, _, done, _ = self.libero_env.step(np.clip(action, -1.0, 1.0))
-        self.steps += 1
-        success = bool(done)  # LIBERO's done is its goal predicate
-        truncated = self.steps >= self.max_episode_steps and not success
-        return self._observe(raw), float(success), success, truncated, {"success": success}
+    def _apply_action(self, action: np.ndarray) -> tuple[dict[str, Any], bool]:
+        raw, _, done, _ = self.libero_env.step(action)
+        return self._observe(raw), bool(done)  # LIBERO's done is its goal predicate
 
     def render(self) -> np.ndarray:
         """The upright agentview frame of the last reset/step: already rendered, not drawn again."""
@@ -302,7 +292,7 @@ class LiberoEnv(gym.Env):
 
     def _observe(self, raw: dict[str, Any]) -> dict[str, Any]:
         self.raw_observation = raw
-        observation = {key: _upright(raw[raw_key]) for key, raw_key in CAMERAS.items()}
+        observation = {key: _upright(raw[raw_key]) for key, raw_key in IMAGE_KEYS.items()}
         observation["observation.state"] = proprio_state(raw)
         observation["task"] = self.task_description
         self._observation = observation
@@ -337,17 +327,6 @@ def _global_numpy_seed(seed: int) -> Iterator[None]:
         np.random.set_state(saved)
 
 
-def _task_index(suite: str, task: str | int) -> int:
-    names = libero_task_names(suite)
-    if isinstance(task, (int, np.integer)):
-        if not 0 <= task < len(names):
-            raise IndexError(f"LIBERO suite {suite!r} has tasks 0..{len(names) - 1}, not {task}")
-        return int(task)
-    if task not in names:
-        raise KeyError(f"LIBERO suite {suite!r} has no task {task!r}{did_you_mean(task, names)}")
-    return names.index(task)
-
-
 def _as_height_width(image_size: int | tuple[int, int]) -> tuple[int, int]:
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     if height < 1 or width < 1:
@@ -372,8 +351,11 @@ _DESCRIPTIONS = {
     "libero_90": "LIBERO-90: 90 short tasks across kitchen, living-room and study scenes",
 }
 
+# The registered specs, kept here so `LiberoEnv` resolves task names without the catalog (which
+# imports this module).
+_SPECS: dict[str, SuiteSpec] = {}
 for _suite, _max_steps in SUITE_MAX_EPISODE_STEPS.items():
-    register_suite(
+    _SPECS[_suite] = register_suite(
         SuiteSpec(
             name=_suite,
             tasks=_LazyTaskNames(_suite),  # type: ignore[arg-type]  # a lazy tuple; see module doc

@@ -21,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from sim.registry import get_suite, make
+from sim.catalog import get_suite, make
 
 EXPERT_ACTION_KEY = "expert.action"
 AGENTVIEW_KEY = "observation.images.agentview"  # the camera that videos film
@@ -39,7 +39,7 @@ class SuiteEnv(gym.Env):
         render_images: bool = True,
         max_cached_envs: int = 2,
     ) -> None:
-        get_suite(suite)  # an unknown suite fails here, with the list of known ones
+        self.spec = get_suite(suite)  # an unknown suite fails here, with the list of known ones
         self.suite = suite
         self.image_size = tuple(image_size)
         self.oracle_expert = oracle_expert
@@ -55,12 +55,12 @@ class SuiteEnv(gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """`options`: {"task": name (required), "init_state": i (optional)}; `seed` as the task
-        env takes it."""
+        """`options`: {"task": name or index (required), "init_state": i (optional)}; `seed` as
+        the task env takes it."""
         options = dict(options or {})
         if "task" not in options:
             raise KeyError("SuiteEnv.reset needs options['task'] (a task name of the suite)")
-        task = options.pop("task")
+        task = self.spec.resolve(options.pop("task"))
         self.env = self._env_for(task)
         observation, info = self.env.reset(seed=seed, options=options or None)
         info = {**info, "max_episode_steps": self.env.max_episode_steps}

@@ -22,8 +22,8 @@ MAX_EPISODE_STEPS = {"quickstart": 200, "tabletop": 400}
 
 
 def _factory(suite: str, task: str) -> Callable[..., TabletopEnv]:
-    tasks = SUITE_TASKS[suite]
-    index = next(i for i, spec in enumerate(tasks) if spec.instruction == task)
+    # `task` is a name the registry already resolved (SuiteSpec.resolve).
+    index = [spec.instruction for spec in SUITE_TASKS[suite]].index(task)
     return partial(_build, suite, index)
 
 

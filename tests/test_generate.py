@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,13 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
         generate_dataset(config(2), tmp_path / "ds", workers=1, progress=False)
 
 
+def test_unknown_task_is_refused_before_any_work(tmp_path: Path) -> None:
+    typo = replace(config(1), tasks=("put the blue cube on the plat",))
+    with pytest.raises(KeyError, match=f"did you mean '{TASK}'.*--list-tasks"):
+        generate_dataset(typo, tmp_path / "ds", workers=1, progress=False)
+    assert not (tmp_path / "ds").exists()
+
+
 def test_cli_generate_then_info(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     command = [
@@ -138,3 +146,13 @@ def test_cli_generate_then_info(tmp_path: Path) -> None:
         timeout=120,
     )
     assert bad.returncode == 2 and "did you mean 'quickstart'" in bad.stdout
+    out_of_range = subprocess.run(
+        [command[0], "generate", "--suite", "quickstart", "--episodes-per-task", "1"]
+        + ["--tasks", "1", "3", "--out", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out_of_range.returncode == 2, out_of_range.stdout + out_of_range.stderr
+    assert "task index 3 is out of range" in out_of_range.stdout
+    assert not (tmp_path / "none").exists()

@@ -3,6 +3,8 @@ labels that agree with rendered pixels, and dataset generation that is ordered a
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 
 import mujoco
@@ -11,11 +13,20 @@ import pytest
 
 import sim
 from data.reasoning import Reasoning
+from sim.base_env import SimEnv
 from sim.camera import project
 from sim.env import CAMERAS, TabletopEnv
 from sim.expert import ExpertStep, rollout
 from sim.labels import EpisodeLabeler, gripper_pixel, motion_primitive, visible_objects
+from sim.registry import TaskIndexError, UnknownNameError
 from sim.suites import SUITE_TASKS
+
+BAD_ACTIONS = {
+    "six numbers": np.zeros(6),
+    "two actions": np.zeros((2, 7)),
+    "NaN": np.full(7, np.nan),
+    "infinity": np.array([0, 0, 0, 0, 0, 0, np.inf]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +64,63 @@ def test_registry_lists_suites_and_families() -> None:
         sim.make("quickstart", "put the red cube on the plat")
     with pytest.raises(KeyError, match="did you mean 'tabletop'"):
         sim.make("tabletp", 0)
+
+
+def test_the_registry_imports_no_suite_module() -> None:
+    """The registry stands alone (no import cycle); the catalog registers every suite, and
+    `import sim` loads neither until a lookup needs it. Registering the LIBERO suites does not
+    import the optional `libero` package."""
+    code = (
+        "import sys, sim, sim.registry as registry\n"
+        "loaded = sorted(name for name in sys.modules if name.startswith('sim.'))\n"
+        "assert loaded == ['sim.registry'], loaded\n"
+        "assert registry.registered_names() == [], registry.registered_names()\n"
+        "assert {'quickstart', 'tabletop', 'libero_spatial', 'libero_90'} <= set(sim.available_suites())\n"
+        "assert 'sim.catalog' in sys.modules\n"
+        "assert {'sim.suites', 'sim.libero_env'} <= set(sys.modules)\n"
+        "assert 'libero' not in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("suite", sim.available_suites())
+def test_every_task_resolves_by_name_and_index(suite: str) -> None:
+    spec = sim.get_suite(suite)
+    if "libero" in spec.requires:
+        pytest.importorskip("libero.libero", reason="LIBERO task names need the `libero` extra")
+    names = sim.suite_tasks(suite)
+    assert len(names) == len(set(names)) == len(spec.tasks) > 0
+    for index, name in enumerate(names):
+        assert spec.resolve(name) == spec.resolve(index) == spec.resolve(str(index)) == name
+        assert spec.index(name) == spec.index(np.int64(index)) == index
+    last = len(names) - 1
+    for index in (len(names), -1):
+        with pytest.raises(
+            TaskIndexError, match=rf"suite {suite!r} has {len(names)} tasks \(0\.\.{last}\)"
+        ):
+            spec.resolve(index)
+    typo = names[0][:-1]
+    with pytest.raises(UnknownNameError) as error:
+        spec.resolve(typo)
+    assert str(error.value) == (
+        f"suite {suite!r} has no task {typo!r} (did you mean {names[0]!r}?); "
+        f"run `eval.py --suite {suite} --list-tasks` to see them"
+    )
+    # Callers written for a KeyError (a lookup) or a ValueError (an argument) both catch it.
+    assert isinstance(error.value, KeyError) and isinstance(error.value, ValueError)
+    with pytest.raises(TypeError, match="a name or an index"):
+        spec.resolve(True)  # type: ignore[arg-type]
+
+
+def test_make_takes_a_task_name_or_index_and_says_how_to_list_tasks() -> None:
+    env = sim.make("quickstart", "2", render_images=False)  # an index as a command line passes it
+    assert env.task_description == sim.suite_tasks("quickstart")[2]
+    env.close()
+    with pytest.raises(IndexError, match=r"task index 3 is out of range.*0\.\.2.*--list-tasks"):
+        sim.make("quickstart", 3)
 
 
 def test_observations_follow_the_contract(quickstart_env: TabletopEnv) -> None:
@@ -115,10 +183,83 @@ def test_quickstart_objects_stay_in_their_regions(quickstart_env: TabletopEnv) -
 
 def test_truncates_after_max_episode_steps() -> None:
     env = sim.make("quickstart", 1, max_episode_steps=3, render_images=False)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(7))
     env.reset(seed=0)
     flags = [env.step(np.zeros(7))[3] for _ in range(3)]
-    assert flags == [False, False, True]
+    assert flags == [False, False, True] and env.steps == 3
+    env.reset(seed=0)
+    assert env.steps == 0, "a reset starts counting again"
     env.close()
+
+
+@pytest.mark.parametrize("bad", BAD_ACTIONS.values(), ids=BAD_ACTIONS.keys())
+def test_tabletop_env_refuses_malformed_actions(bad: np.ndarray) -> None:
+    env = sim.make("quickstart", 1, render_images=False)
+    env.reset(options={"init_state": 0})
+    before = env.proprio_state()
+    with pytest.raises(ValueError, match=r"action must be 7 finite numbers in \[-1, 1\], got"):
+        env.step(bad)
+    assert env.steps == 0
+    np.testing.assert_array_equal(env.proprio_state(), before)  # nothing moved
+    env.close()
+
+
+def test_tabletop_env_clips_actions_to_the_unit_box() -> None:
+    env = sim.make("quickstart", 1, render_images=False)
+    states = []
+    for action in ([3.0, -2.0, 1.5, 0, 0, 0, -9.0], [1.0, -1.0, 1.0, 0, 0, 0, -1.0]):
+        env.reset(options={"init_state": 4})
+        for _ in range(3):
+            observation = env.step(np.array(action))[0]
+        states.append(observation["observation.state"])
+    np.testing.assert_array_equal(states[0], states[1])
+    env.close()
+
+
+class _ScriptedPhysics(SimEnv):
+    """A SimEnv whose physics only records actions and "solves" the task at step `solve_at`."""
+
+    def __init__(self, max_episode_steps: int, solve_at: int | None = None) -> None:
+        self.max_episode_steps = max_episode_steps
+        self.solve_at = solve_at
+        self.applied: list[np.ndarray] = []
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        self.applied = []
+        return {"t": 0}, {}
+
+    def _apply_action(self, action: np.ndarray) -> tuple[dict, bool]:
+        self.applied.append(action)
+        return {"t": len(self.applied)}, len(self.applied) == self.solve_at
+
+
+def test_env_base_checks_actions_counts_steps_and_ends_episodes() -> None:
+    env = _ScriptedPhysics(max_episode_steps=3)
+    with pytest.raises(RuntimeError, match=r"call reset\(\) before step\(\)"):
+        env.step(np.zeros(7))
+    env.reset()
+    for bad in BAD_ACTIONS.values():
+        with pytest.raises(ValueError, match="7 finite numbers"):
+            env.step(bad)
+    assert env.applied == [] and env.steps == 0
+    results = [env.step(np.array([[2.0, -2.0, 0.5, 0, 0, 0, 1.0]])) for _ in range(3)]
+    np.testing.assert_array_equal(env.applied[0], [1.0, -1.0, 0.5, 0, 0, 0, 1.0])
+    assert env.applied[0].dtype == np.float64 and env.applied[0].shape == (7,)
+    assert [(r[1], r[2], r[3], r[4]) for r in results] == [
+        (0.0, False, False, {"success": False}),
+        (0.0, False, False, {"success": False}),
+        (0.0, False, True, {"success": False}),
+    ]
+    assert results[-1][0] == {"t": 3} and env.steps == 3
+    # Success on the last allowed step ends the episode as a success, not a truncation.
+    solved = _ScriptedPhysics(max_episode_steps=2, solve_at=2)
+    solved.reset()
+    assert [solved.step(np.zeros(7))[1:4] for _ in range(2)] == [
+        (0.0, False, False),
+        (1.0, True, False),
+    ]
 
 
 # ---------------------------------------------------------------------- experts
