@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sim.baselines import RandomPolicy
+from sim.catalog import suite_tasks
 from sim.generate import GenerationConfig, generate_dataset
-from sim.registry import suite_tasks
 from sim.runner import EnvRunner
 from vla.policy import VLAPolicy
 from vla.robot.chunker import ActionChunker, ChunkerConfig
