@@ -7,10 +7,28 @@ opens in LeRobot's tools and a LeRobot dataset opens here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+
+from data.schema import (
+    ACTION_KEY,
+    ACTION_NAMES,
+    DEFAULT_CAMERA_RESOLUTION,
+    DEFAULT_CAMERAS,
+    GRIPPER_PX_KEY,
+    GRIPPER_TRACE_NAMES,
+    REASONING_FIELDS,
+    STATE_KEY,
+    STATE_NAMES,
+    CameraSpec,
+    ObservationSpec,
+    camera_name,
+    image_key,
+    is_image_key,
+)
 
 # Columns every LeRobot dataset carries in its data files, in addition to the user's features.
 INDEX_FEATURES: dict[str, dict[str, Any]] = {
@@ -24,19 +42,6 @@ INDEX_FEATURES: dict[str, dict[str, Any]] = {
 VISUAL_DTYPES = ("image", "video")
 NUMERIC_DTYPES = ("float32", "float64", "int16", "int32", "int64", "uint8", "bool")
 TEXT_DTYPES = ("string",)
-
-STATE_NAMES = [
-    "eef_x",
-    "eef_y",
-    "eef_z",
-    "eef_ax",
-    "eef_ay",
-    "eef_az",
-    "finger_left",
-    "finger_right",
-]
-ACTION_NAMES = ["dx", "dy", "dz", "dax", "day", "daz", "gripper"]
-GRIPPER_TRACE_NAMES = [f"{axis}{step}" for step in range(5) for axis in ("x", "y")]
 
 
 @dataclass(frozen=True)
@@ -110,33 +115,53 @@ class Feature:
 
 
 def default_features(
-    image_size: tuple[int, int] = (128, 128),
-    cameras: tuple[str, ...] = ("agentview", "wrist"),
+    image_size: tuple[int, int] = DEFAULT_CAMERA_RESOLUTION,
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS,
     video: bool = False,
     reasoning: bool = True,
 ) -> dict[str, Feature]:
-    """The per-frame features of a vla dataset (DESIGN.md frame keys)."""
+    """The per-frame features of a vla dataset (data/schema.py keys)."""
     height, width = image_size
     visual_dtype = "video" if video else "image"
     features: dict[str, Feature] = {
-        f"observation.images.{camera}": Feature(
+        image_key(camera): Feature(
             visual_dtype, (height, width, 3), ["height", "width", "channels"]
         )
         for camera in cameras
     }
-    features["observation.state"] = Feature("float32", (8,), STATE_NAMES)
-    features["action"] = Feature("float32", (7,), ACTION_NAMES)
+    features[STATE_KEY] = Feature("float32", (len(STATE_NAMES),), list(STATE_NAMES))
+    features[ACTION_KEY] = Feature("float32", (len(ACTION_NAMES),), list(ACTION_NAMES))
     if reasoning:
         features.update(reasoning_features())
     return features
 
 
 def reasoning_features() -> dict[str, Feature]:
-    """Per-frame chain-of-thought labels computed from simulator state."""
+    """Per-frame chain-of-thought labels computed from simulator state (schema REASONING_FIELDS)."""
+    gripper_trace = Feature("int16", (len(GRIPPER_TRACE_NAMES),), list(GRIPPER_TRACE_NAMES))
     return {
-        "reasoning.plan": Feature("string", (1,)),
-        "reasoning.subtask": Feature("string", (1,)),
-        "reasoning.move": Feature("string", (1,)),
-        "reasoning.gripper_px": Feature("int16", (10,), GRIPPER_TRACE_NAMES),
-        "reasoning.objects": Feature("string", (1,)),
+        key: gripper_trace if key == GRIPPER_PX_KEY else Feature("string", (1,))
+        for key in REASONING_FIELDS
     }
+
+
+def observation_spec(
+    features: Mapping[str, Feature], cameras: Sequence[str] | None = None, source: str = "dataset"
+) -> ObservationSpec:
+    """The observation spec of a dataset's features: each camera's (height, width) as stored and
+    the state size. `cameras` picks (and orders) cameras, default all; `source` names the dataset
+    in errors (e.g. its info.json)."""
+    available = [
+        key for key, feature in features.items() if is_image_key(key) and feature.is_visual
+    ]
+    keys = available if cameras is None else [image_key(camera) for camera in cameras]
+    missing = [key for key in keys if key not in available]
+    if missing:
+        raise KeyError(f"{source}: no camera feature(s) {missing}; it has {available}")
+    if STATE_KEY not in features:
+        raise KeyError(f"{source}: no {STATE_KEY!r} feature; it has {sorted(features)}")
+    specs = []
+    for key in keys:
+        height, width, _ = features[key].shape
+        specs.append(CameraSpec(camera_name(key), height, width))
+    return ObservationSpec(tuple(specs), state_dim=features[STATE_KEY].size)

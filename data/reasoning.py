@@ -48,6 +48,16 @@ from typing import Any
 
 import numpy as np
 
+from data.schema import (
+    GRIPPER_PX_KEY,
+    GRIPPER_TRACE_POINTS,
+    MOVE_KEY,
+    OBJECTS_KEY,
+    PLAN_KEY,
+    REASONING_FIELDS,
+    SUBTASK_KEY,
+)
+
 __all__ = [
     "FRAME_KEYS",
     "GRIPPER_POINTS",
@@ -63,16 +73,11 @@ __all__ = [
 REASONING_TAGS = ("plan", "subtask", "move", "gripper", "objects")
 """Tags in canonical order; ``include`` in ``format_reasoning`` selects among these."""
 
-FRAME_KEYS = (
-    "reasoning.plan",
-    "reasoning.subtask",
-    "reasoning.move",
-    "reasoning.gripper_px",
-    "reasoning.objects",
-)
-"""The per-frame dataset columns produced by ``Reasoning.to_frame``."""
+FRAME_KEYS = REASONING_FIELDS
+"""The per-frame dataset columns produced by ``Reasoning.to_frame`` (data/schema.py's list;
+this name stays for existing importers)."""
 
-GRIPPER_POINTS = 5
+GRIPPER_POINTS = GRIPPER_TRACE_POINTS
 """Current gripper position plus the next 4."""
 
 UNKNOWN_PX = -1
@@ -172,11 +177,11 @@ class Reasoning:
         which points are known, not their original slots.
         """
         return cls(
-            plan=_plan_from_frame(frame.get("reasoning.plan")),
-            subtask=_str_from_frame(frame.get("reasoning.subtask")),
-            move=_str_from_frame(frame.get("reasoning.move")),
-            gripper_px=_gripper_from_frame(frame.get("reasoning.gripper_px")),
-            objects=_objects_from_frame(frame.get("reasoning.objects")),
+            plan=_plan_from_frame(frame.get(PLAN_KEY)),
+            subtask=_str_from_frame(frame.get(SUBTASK_KEY)),
+            move=_str_from_frame(frame.get(MOVE_KEY)),
+            gripper_px=_gripper_from_frame(frame.get(GRIPPER_PX_KEY)),
+            objects=_objects_from_frame(frame.get(OBJECTS_KEY)),
         )
 
     def to_frame(self) -> dict[str, Any]:
@@ -187,11 +192,11 @@ class Reasoning:
         """
         _validate(self)
         return {
-            "reasoning.plan": "; ".join(self.plan),
-            "reasoning.subtask": self.subtask,
-            "reasoning.move": self.move,
-            "reasoning.gripper_px": _gripper_to_frame(self.gripper_px),
-            "reasoning.objects": json.dumps(
+            PLAN_KEY: "; ".join(self.plan),
+            SUBTASK_KEY: self.subtask,
+            MOVE_KEY: self.move,
+            GRIPPER_PX_KEY: _gripper_to_frame(self.gripper_px),
+            OBJECTS_KEY: json.dumps(
                 [{"name": o.name, "box": list(o.box)} for o in self.objects],
                 separators=(",", ":"),
             ),
@@ -215,7 +220,7 @@ def _plan_from_frame(value: Any) -> tuple[str, ...]:
         return ()
     steps = tuple(step.strip() for step in text.split(";"))
     if not all(steps):
-        raise ValueError(f"reasoning.plan {text!r} has an empty subtask between ';'")
+        raise ValueError(f"{PLAN_KEY} {text!r} has an empty subtask between ';'")
     return steps
 
 
@@ -225,11 +230,11 @@ def _gripper_from_frame(value: Any) -> tuple[tuple[int, int], ...]:
     arr = np.asarray(value)
     if arr.size != 2 * GRIPPER_POINTS:
         raise ValueError(
-            f"reasoning.gripper_px must hold {2 * GRIPPER_POINTS} values, got shape {arr.shape}"
+            f"{GRIPPER_PX_KEY} must hold {2 * GRIPPER_POINTS} values, got shape {arr.shape}"
         )
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind != "f" or not np.array_equal(arr, np.round(arr)):
-            raise ValueError(f"reasoning.gripper_px must be integers, got {arr.tolist()}")
+            raise ValueError(f"{GRIPPER_PX_KEY} must be integers, got {arr.tolist()}")
     pairs = arr.astype(np.int64).reshape(GRIPPER_POINTS, 2).tolist()
     return tuple((x, y) for x, y in pairs if x >= 0 and y >= 0)
 
@@ -240,7 +245,7 @@ def _gripper_to_frame(points: Sequence[tuple[int, int]]) -> np.ndarray:
         if not (0 <= x <= _INT16_MAX and 0 <= y <= _INT16_MAX):
             raise ValueError(
                 f"gripper_px[{i}] = {(x, y)} cannot be stored: coordinates must lie in "
-                f"[0, {_INT16_MAX}] (negative values mean unknown in reasoning.gripper_px)"
+                f"[0, {_INT16_MAX}] (negative values mean unknown in {GRIPPER_PX_KEY})"
             )
         out[2 * i : 2 * i + 2] = (x, y)
     return out
@@ -255,14 +260,14 @@ def _objects_from_frame(value: Any) -> tuple[ObjectBox, ...]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"reasoning.objects is not valid JSON: {exc}") from None
+            raise ValueError(f"{OBJECTS_KEY} is not valid JSON: {exc}") from None
     if not isinstance(value, list):
-        raise ValueError(f"reasoning.objects must be a JSON list, got {type(value).__name__}")
+        raise ValueError(f"{OBJECTS_KEY} must be a JSON list, got {type(value).__name__}")
     objects = []
     for i, entry in enumerate(value):
         if not isinstance(entry, Mapping) or set(entry) != {"name", "box"}:
             raise ValueError(
-                f"reasoning.objects[{i}] must be {{'name': str, 'box': [x1, y1, x2, y2]}}, "
+                f"{OBJECTS_KEY}[{i}] must be {{'name': str, 'box': [x1, y1, x2, y2]}}, "
                 f"got {entry!r}"
             )
         objects.append(ObjectBox(name=entry["name"], box=tuple(entry["box"])))

@@ -6,6 +6,10 @@ dataset is built, and each camera is decoded once into an uncompressed frame cac
 datasets always use the cache (random access into mp4 costs a seek and a GOP decode per sample);
 image datasets use it while it stays under AUTO_FRAME_CACHE_BYTES per camera, and otherwise decode
 the PNG of each sample (~1 ms per 128x128 frame) — `frame_cache=` forces either way.
+
+Images come out as stored and as an environment renders them, uint8 (H, W, 3): a collated batch
+then has the layout of a batch of observations, so training and inference share one processor
+pipeline from the first step (vla/processor.py).
 """
 
 from __future__ import annotations
@@ -21,19 +25,29 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.features import Feature
+from data.features import Feature, observation_spec
 from data.reader import LeRobotDatasetReader, column_to_numpy, decode_image
+from data.schema import (
+    ACTION_IS_PAD_KEY,
+    ACTION_KEY,
+    GRIPPER_PX_KEY,
+    OBSERVATION_IS_PAD_KEY,
+    REASONING_TEXT_FIELDS,
+    STATE_KEY,
+    TASK_KEY,
+    ObservationSpec,
+    image_key,
+)
 
 # Decode images once into an on-disk frame cache when it stays below this size (per camera).
 AUTO_FRAME_CACHE_BYTES = 4 * 2**30
-REASONING_TEXT_KEYS = ("reasoning.plan", "reasoning.subtask", "reasoning.move", "reasoning.objects")
 
 
 class ActionChunkDataset(Dataset):
     """Samples of one frame each: images, state, task, reasoning labels, and an action chunk.
 
     Per sample (H = action_horizon, T = n_obs_steps):
-      observation.images.<cam>  uint8 (3, h, w), or (T, 3, h, w) when T > 1
+      observation.images.<cam>  uint8 (h, w, 3), or (T, h, w, 3) when T > 1
       observation.state         float32 (8,), or (T, 8)
       observation_is_pad        bool (T,)  — history frames before the episode start (repeated)
       action                    float32 (H, 7): actions of this frame and the next H-1
@@ -66,7 +80,7 @@ class ActionChunkDataset(Dataset):
         )
         self.action_horizon = action_horizon
         self.n_obs_steps = n_obs_steps
-        for key in ("observation.state", "action"):
+        for key in (STATE_KEY, ACTION_KEY):
             if key not in self.reader.features:
                 raise KeyError(
                     f"{self.reader.root}: dataset has no {key!r} feature (has {sorted(self.reader.features)})"
@@ -74,10 +88,8 @@ class ActionChunkDataset(Dataset):
 
         self.camera_keys = self._select_cameras(cameras)
         table = self.reader.table
-        self.state = column_to_numpy(
-            table["observation.state"], self.reader.features["observation.state"]
-        )
-        self.action = column_to_numpy(table["action"], self.reader.features["action"])
+        self.state = column_to_numpy(table[STATE_KEY], self.reader.features[STATE_KEY])
+        self.action = column_to_numpy(table[ACTION_KEY], self.reader.features[ACTION_KEY])
         self.task_index = table["task_index"].to_numpy()
         self.episode_index = table["episode_index"].to_numpy()
         self.frame_index = table["frame_index"].to_numpy()
@@ -93,12 +105,12 @@ class ActionChunkDataset(Dataset):
         if include_reasoning:
             self.reasoning_text = {
                 key: table[key].combine_chunks()
-                for key in REASONING_TEXT_KEYS
+                for key in REASONING_TEXT_FIELDS
                 if key in table.column_names
             }
-            if "reasoning.gripper_px" in self.reader.features:
+            if GRIPPER_PX_KEY in self.reader.features:
                 self.gripper_trace = column_to_numpy(
-                    table["reasoning.gripper_px"], self.reader.features["reasoning.gripper_px"]
+                    table[GRIPPER_PX_KEY], self.reader.features[GRIPPER_PX_KEY]
                 )
 
         self._encoded_images: dict[str, Any] = {}
@@ -131,16 +143,23 @@ class ActionChunkDataset(Dataset):
         available = self.reader.visual_keys
         if cameras is None:
             return available
-        keys = [
-            camera if camera.startswith("observation.images.") else f"observation.images.{camera}"
-            for camera in cameras
-        ]
+        keys = [image_key(camera) for camera in cameras]
         missing = [key for key in keys if key not in available]
         if missing:
             raise KeyError(
                 f"{self.reader.root}: no camera(s) {missing}; the dataset has {available}"
             )
         return keys
+
+    @property
+    def observation_spec(self) -> ObservationSpec:
+        """The selected cameras at their stored resolution and the state size: what a policy
+        trained on this dataset must be given (saved into its checkpoint)."""
+        return observation_spec(
+            self.reader.features,
+            self.camera_keys,
+            source=str(self.reader.root / "meta" / "info.json"),
+        )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -157,22 +176,22 @@ class ActionChunkDataset(Dataset):
         history_rows = np.maximum(history_rows, start)
 
         sample: dict[str, Any] = {
-            "observation.state": torch.from_numpy(self._squeeze_history(self.state[history_rows])),
-            "observation_is_pad": torch.from_numpy(observation_is_pad),
-            "action": torch.from_numpy(self.action[chunk_rows]),
-            "action_is_pad": torch.from_numpy(action_is_pad),
-            "task": self.reader.tasks[self.task_index[row]],
+            STATE_KEY: torch.from_numpy(self._squeeze_history(self.state[history_rows])),
+            OBSERVATION_IS_PAD_KEY: torch.from_numpy(observation_is_pad),
+            ACTION_KEY: torch.from_numpy(self.action[chunk_rows]),
+            ACTION_IS_PAD_KEY: torch.from_numpy(action_is_pad),
+            TASK_KEY: self.reader.tasks[self.task_index[row]],
             "episode_index": int(self.episode_index[row]),
             "frame_index": int(self.frame_index[row]),
             "index": row,
         }
         for key in self.camera_keys:
             frames = np.stack([self._frame(key, history_row) for history_row in history_rows])
-            sample[key] = torch.from_numpy(self._squeeze_history(frames.transpose(0, 3, 1, 2)))
+            sample[key] = torch.from_numpy(self._squeeze_history(frames))  # (T, h, w, 3)
         for key, column in self.reasoning_text.items():
             sample[key] = column[row].as_py()
         if self.gripper_trace is not None:
-            sample["reasoning.gripper_px"] = torch.from_numpy(self.gripper_trace[row].copy())
+            sample[GRIPPER_PX_KEY] = torch.from_numpy(self.gripper_trace[row].copy())
         return sample
 
     def _frame(self, key: str, row: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from data import layout
 from data.features import INDEX_FEATURES, Feature
+from data.schema import TASK_KEY
 from data.stats import compute_stats
 from data.video import encode_video
 
@@ -215,7 +216,7 @@ class LeRobotDatasetWriter:
     # ------------------------------------------------------------------ internals
     def _validated_columns(self, columns: Mapping[str, Any]) -> dict[str, Any]:
         missing = sorted(set(self.features) - set(columns))
-        unknown = sorted(set(columns) - set(self.features) - {"task"})
+        unknown = sorted(set(columns) - set(self.features) - {TASK_KEY})
         if missing or unknown:
             raise ValueError(
                 f"episode keys do not match the dataset features: missing {missing}, unknown {unknown}"

@@ -137,11 +137,11 @@ def test_reasoning_dropout(processor: Processor) -> None:
 
 
 class CountingPolicy(VLAPolicy):
-    def predict_chunk(self, observations, noise=None, think=False, reasoning=None):
+    def infer(self, observations, *, think=False, reasoning=None, noise=None):
         self.modes = getattr(self, "modes", []) + [
             "generate" if think and reasoning is None else "reuse" if reasoning else "act"
         ]
-        return super().predict_chunk(observations, noise, think, reasoning)
+        return super().infer(observations, think=think, reasoning=reasoning, noise=noise)
 
 
 def test_policy_regenerates_every_k_chunks(processor: Processor) -> None:
@@ -153,5 +153,5 @@ def test_policy_regenerates_every_k_chunks(processor: Processor) -> None:
         assert action.shape == (7,) and np.isfinite(action).all()
     assert policy.modes == ["generate", "reuse", "reuse", "generate", "reuse", "reuse"]
     assert isinstance(policy.last_reasoning, str)
-    chunks, thoughts = policy.predict_chunk([observation(0), observation(1)], think=True)
-    assert chunks.shape == (2, 4, 7) and len(thoughts) == 2
+    out = policy.infer([observation(0), observation(1)], think=True)
+    assert out["actions"].shape == (2, 4, 7) and len(out["reasoning"]) == 2

@@ -4,6 +4,7 @@ self-contained configs, atomic saves, and load errors that name the tensor and t
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,8 +16,15 @@ from safetensors.torch import load_file, save_file
 from test_model import fake_inputs
 
 import vla.checkpoint as checkpoint
+from data.schema import CameraSpec, ObservationSpec
 from data.stats import compute_stats
-from vla.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, save_checkpoint
+from vla.checkpoint import (
+    CheckpointError,
+    LoadedCheckpoint,
+    load_checkpoint,
+    record_observation_spec,
+    save_checkpoint,
+)
 from vla.config import TINY_PALIGEMMA, VLAConfig
 from vla.model import VLAModel
 
@@ -25,6 +33,8 @@ PROCESSOR = {"image_size": 64, "norm_modes": {"observation.state": "mean_std"}}
 # Two denoising steps and a batch of two keep sampling fast on shared CPUs; exactness is per step.
 TINY = {"num_inference_steps": 2}
 TRAIN_CONFIG = {"lr": 2.5e-5, "steps": 3, "dataset": {"root": "data/libero", "cameras": ["a"]}}
+# Not square and not the default, so a swapped or defaulted resolution shows.
+SPEC = ObservationSpec((CameraSpec("agentview", 96, 128), CameraSpec("wrist", 96, 128)), 8)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +71,7 @@ def saved(
         model.config,
         stats,
         processor=PROCESSOR,
+        observation_spec=SPEC,
         tokenizer_dir=tokenizer_dir,
         train_config=TRAIN_CONFIG,
     )
@@ -193,6 +204,118 @@ def test_pretrained_backbone_loads_without_its_path(stats: dict, tmp_path: Path)
 def test_device_moves_the_model(model: VLAModel, saved: Path) -> None:
     loaded = load_checkpoint(saved, device="cuda")
     assert all(p.device.type == "cuda" for p in loaded.model.parameters())
+
+
+# ====================================================================================== observation spec
+def test_observation_spec_is_saved_in_config_json_and_restored(
+    loaded: LoadedCheckpoint, saved: Path
+) -> None:
+    assert json.loads((saved / "config.json").read_text())["observation"] == SPEC.to_dict()
+    assert loaded.observation_spec == SPEC and loaded.observation_spec_note is None
+
+
+def drop_observation_spec(directory: Path) -> dict:
+    """Make `directory` what this code exported before specs were recorded."""
+    path = directory / "config.json"
+    payload = json.loads(path.read_text())
+    del payload["observation"]
+    path.write_text(json.dumps(payload, indent=2))
+    return payload
+
+
+def legacy_load(directory: Path, caplog: pytest.LogCaptureFixture) -> tuple[LoadedCheckpoint, str]:
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vla.checkpoint"):
+        loaded = load_checkpoint(directory)
+    notes = [record.getMessage() for record in caplog.records]
+    assert len(notes) == 1, notes
+    return loaded, notes[0]
+
+
+def test_older_checkpoint_loads_with_a_defaulted_spec_and_says_how_to_fix_it(
+    copy: Path, model: VLAModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    legacy = drop_observation_spec(copy)
+    loaded, note = legacy_load(copy, caplog)
+    assert loaded.observation_spec == ObservationSpec.uniform(("agentview", "wrist"), (128, 128))
+    assert loaded.observation_spec_note == note
+    assert "no 'observation' entry" in note and "defaulted to 128x128" in note
+    assert f"record_observation_spec('{copy}', resolution=(128, 128))" in note
+    assert torch.equal(sample(model), sample(loaded.model)), "the weights load as before"
+
+    assert record_observation_spec(copy, resolution=(96, 128)) == SPEC  # the fix the note names
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vla.checkpoint"):
+        fixed = load_checkpoint(copy)
+    assert fixed.observation_spec == SPEC and not caplog.records
+    payload = json.loads((copy / "config.json").read_text())
+    assert payload == {**legacy, "observation": SPEC.to_dict()}, "nothing else was changed"
+
+
+def test_older_checkpoint_infers_the_resolution_from_its_training_dataset(
+    copy: Path, write_dataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, _ = write_dataset(lengths=(2,), image_size=(24, 32))
+    (copy / "train_config.yaml").write_text(f"data:\n  path: {root}\n")
+    drop_observation_spec(copy)
+    loaded, note = legacy_load(copy, caplog)
+    assert loaded.observation_spec == ObservationSpec.uniform(("agentview", "wrist"), (24, 32))
+    assert f"inferred from the training dataset's {root / 'meta' / 'info.json'}" in note
+    assert "resolution=(24, 32)" in note
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda spec: spec["cameras"][0].update(height=0),
+            r"config\.json: 'observation': cameras\[0\]: .*height must be a positive int",
+        ),
+        (
+            lambda spec: spec.update(cameras=spec["cameras"][:1]),
+            r"config\.json: 'observation': cameras \['agentview'\] do not match the model's",
+        ),
+        (lambda spec: spec.update(state_dim=9), r"'observation': state_dim 9 does not match"),
+    ],
+)
+def test_bad_observation_spec_names_the_file_and_key(copy: Path, edit, message) -> None:
+    path = copy / "config.json"
+    payload = json.loads(path.read_text())
+    edit(payload["observation"])
+    path.write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(copy)
+
+
+def test_processor_from_checkpoint_serves_the_saved_spec(
+    model: VLAModel, stats: dict, tmp_path: Path
+) -> None:
+    from vla.processor import Processor, ProcessorConfig
+    from vla.tokenizer import train_tokenizer
+
+    train_tokenizer(["task"], vocab_size=512).save_pretrained(tmp_path / "tokenizer")
+    directory = save_checkpoint(
+        tmp_path / "ckpt",
+        model,
+        model.config,
+        stats,
+        processor=ProcessorConfig().to_dict(),
+        observation_spec=SPEC,
+        tokenizer_dir=tmp_path / "tokenizer",
+    )
+    processor = Processor.from_checkpoint(load_checkpoint(directory))
+    assert processor.observation_spec == SPEC
+    rng = np.random.default_rng(0)
+    observation = {
+        "observation.images.agentview": rng.integers(0, 256, (96, 96, 3), dtype=np.uint8),
+        "observation.images.wrist": rng.integers(0, 256, (96, 128, 3), dtype=np.uint8),
+        "observation.state": np.zeros(8, np.float32),
+        "task": "task",
+    }
+    with pytest.raises(
+        ValueError, match=r"agentview: got images of shape \(96, 96, 3\).*\(96, 128, 3\)"
+    ):
+        processor.inputs([observation])
 
 
 # ====================================================================================== errors

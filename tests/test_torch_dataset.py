@@ -9,6 +9,7 @@ from conftest import make_episode
 from torch.utils.data import DataLoader
 
 from data.reasoning import parse_reasoning
+from data.schema import REASONING_FIELDS, CameraSpec, ObservationSpec
 from data.torch_dataset import ActionChunkDataset
 from data.writer import LeRobotDatasetWriter
 
@@ -26,8 +27,8 @@ def test_chunk_inside_episode_is_the_next_actions(write_dataset) -> None:
     )
     np.testing.assert_array_equal(
         sample["observation.images.agentview"].numpy(),
-        episodes[1]["observation.images.agentview"][1].transpose(2, 0, 1),
-    )
+        episodes[1]["observation.images.agentview"][1],
+    )  # (H, W, 3) as stored and as an environment renders: the layout of an observation
     assert sample["observation.images.wrist"].dtype == torch.uint8
     assert sample["task"] == "task 1"
 
@@ -57,7 +58,7 @@ def test_history_at_episode_start_repeats_the_first_frame(write_dataset) -> None
     dataset = ActionChunkDataset(root, action_horizon=2, n_obs_steps=3)
     sample = dataset[12]  # episode 2, frame 0
     assert sample["observation.state"].shape == (3, 8)
-    assert sample["observation.images.agentview"].shape == (3, 3, 32, 32)
+    assert sample["observation.images.agentview"].shape == (3, 32, 32, 3)
     assert sample["observation_is_pad"].tolist() == [True, True, False]
     for step in range(3):
         np.testing.assert_array_equal(
@@ -73,6 +74,7 @@ def test_history_at_episode_start_repeats_the_first_frame(write_dataset) -> None
 def test_reasoning_labels_come_with_the_sample(write_dataset) -> None:
     root, episodes = write_dataset(lengths=(6,))
     sample = ActionChunkDataset(root, action_horizon=2)[4]
+    assert set(REASONING_FIELDS) <= sample.keys(), "every schema reasoning field is served"
     assert sample["reasoning.subtask"] == "place it in the bowl"
     assert sample["reasoning.plan"] == "pick up the red cube; place it in the bowl"
     np.testing.assert_array_equal(
@@ -88,6 +90,13 @@ def test_reasoning_labels_come_with_the_sample(write_dataset) -> None:
         parse_reasoning(f"SUBTASK: {sample['reasoning.subtask']}.").subtask
         == sample["reasoning.subtask"]
     )
+
+
+def test_observation_spec_is_the_stored_resolution(write_dataset) -> None:
+    root, _ = write_dataset(lengths=(3,), image_size=(24, 32))  # not square: H and W stay apart
+    dataset = ActionChunkDataset(root, action_horizon=2, cameras=["wrist"])
+    assert dataset.observation_spec == ObservationSpec((CameraSpec("wrist", 24, 32),), 8)
+    assert dataset[0]["observation.images.wrist"].shape == (24, 32, 3)
 
 
 def test_episode_subset_and_camera_selection(write_dataset) -> None:
@@ -115,7 +124,7 @@ def test_dataloader_batches_with_workers(write_dataset) -> None:
     assert sum(len(batch["task"]) for batch in batches) == 21
     first = batches[0]
     assert first["action"].shape == (8, 4, 7) and first["action_is_pad"].shape == (8, 4)
-    assert first["observation.images.wrist"].shape == (8, 3, 32, 32)
+    assert first["observation.images.wrist"].shape == (8, 32, 32, 3)
     assert sorted(int(i) for batch in batches for i in batch["index"]) == list(range(21))
 
 
@@ -123,9 +132,7 @@ def test_video_dataset_serves_the_decoded_frames(write_dataset) -> None:
     root, _ = write_dataset(lengths=(5, 6), video=True, image_size=(32, 32))
     dataset = ActionChunkDataset(root, action_horizon=2)
     decoded = dataset.reader.episode_video("observation.images.wrist", dataset.reader.episodes[1])
-    np.testing.assert_array_equal(
-        dataset[5 + 2]["observation.images.wrist"].numpy(), decoded[2].transpose(2, 0, 1)
-    )
+    np.testing.assert_array_equal(dataset[5 + 2]["observation.images.wrist"].numpy(), decoded[2])
     assert len(list((root / ".cache").glob("*.npy"))) == 2, (
         "each video stream is decoded once into a cache"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,10 @@ import pytest
 import torch
 import yaml
 
+from data.schema import ObservationSpec
+from vla.checkpoint import load_checkpoint
 from vla.policy import VLAPolicy
+from vla.processor import Processor
 from vla.training.config import ConfigError, load_config
 from vla.training.module import warmup_cosine
 from vla.training.run import train
@@ -108,6 +112,13 @@ def test_training_learns_resumes_and_exports(write_dataset, tmp_path: Path) -> N
         yaml.safe_load((run_dir / "resolved_config.yaml").read_text())["trainer"]["max_steps"]
         == 100
     )
+    # The export records the resolution the dataset stores (32x32), not the model's 64.
+    exported = json.loads((export / "config.json").read_text())["observation"]
+    assert ObservationSpec.from_dict(exported) == ObservationSpec.uniform(
+        ("agentview", "wrist"), (32, 32)
+    )
+    loaded = load_checkpoint(export)
+    assert Processor.from_checkpoint(loaded).observation_spec == loaded.observation_spec
     policy = VLAPolicy.from_pretrained(export)
     rng = np.random.default_rng(0)
     obs = {
@@ -116,10 +127,10 @@ def test_training_learns_resumes_and_exports(write_dataset, tmp_path: Path) -> N
         "observation.state": rng.normal(size=8).astype(np.float32),
         "task": "task 0",
     }
-    chunk = policy.predict_chunk([obs])
-    assert chunk.shape == (1, 10, 7) and np.isfinite(chunk).all()
-    chunk, thoughts = policy.predict_chunk([obs], think=True)
-    assert isinstance(thoughts[0], str)
+    out = policy.infer([obs])
+    assert out["actions"].shape == (1, 10, 7) and np.isfinite(out["actions"]).all()
+    out = policy.infer([obs], think=True)
+    assert isinstance(out["reasoning"][0], str)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 Layout (docs: /work/shared/DESIGN.md, "Checkpoint directory"):
 
-    config.json        {"format_version": 1, "model": VLAConfig.to_dict(), "processor": {...}}
+    config.json        {"format_version": 1, "model": VLAConfig.to_dict(), "processor": {...},
+                        "observation": ObservationSpec.to_dict()}
     model.safetensors  the state dict; tied tensors stored once, their aliases in the metadata
     stats.json         {feature: {stat: nested lists of float64}}
     tokenizer/         tokenizer files (optional)
@@ -13,11 +14,20 @@ anywhere is safe to load; the model config is self-contained (the backbone's HF 
 inlined and `pretrained_path` dropped) so loading never needs the original weights or a
 network; and loading checks every tensor name and shape itself, so a mismatch is reported as a
 list naming each tensor rather than as the first `load_state_dict` error.
+
+"observation" is the `data.schema.ObservationSpec` the policy was trained with: camera names,
+each camera's (height, width) as rendered and stored (not `VLAConfig.image_size`, the model's
+internal size), and the state size. Eval, the server and robots read the resolution from it.
+Checkpoints exported before it existed still load: the spec is inferred from the training
+dataset's info.json (when train_config.yaml's data.path still holds it) or defaulted, one
+warning says which, and `record_observation_spec(directory, spec)` writes it in for good.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -33,8 +43,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from data.features import Feature, observation_spec
+from data.schema import DEFAULT_CAMERA_RESOLUTION, ObservationSpec, SpecError, image_key
 from vla.config import VLAConfig
 from vla.model import VLAModel
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -49,6 +63,7 @@ CONTENTS = (
     f"(and optionally {TOKENIZER_DIR}/ and {TRAIN_CONFIG_FILE})"
 )
 ALIASES_KEY = "aliases"  # safetensors metadata: JSON {alias name: stored name}
+OBSERVATION_KEY = "observation"  # config.json: the ObservationSpec the policy was trained with
 
 Stats = Mapping[str, Mapping[str, Any]]
 
@@ -59,14 +74,21 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedCheckpoint:
-    """Everything `load_checkpoint` restores; the model is in eval mode on the requested device."""
+    """Everything `load_checkpoint` restores; the model is in eval mode on the requested device.
 
+    `observation_spec_note` is None when config.json records the spec, else the note saying how
+    it was inferred for this older checkpoint and how to record it.
+    """
+
+    directory: Path
     config: VLAConfig
     model: VLAModel
     stats: dict[str, dict[str, np.ndarray]]
     processor: dict[str, Any]
+    observation_spec: ObservationSpec
     tokenizer_dir: Path | None
     train_config: dict[str, Any] | None
+    observation_spec_note: str | None = None
 
 
 # ====================================================================================== save
@@ -77,10 +99,15 @@ def save_checkpoint(
     stats: Stats,
     *,
     processor: Mapping[str, Any] | None = None,
+    observation_spec: ObservationSpec | None = None,
     tokenizer_dir: Path | None = None,
     train_config: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically and return its path.
+
+    `observation_spec`: the cameras at the resolution the policy was trained on (training
+    exports pass the dataset's); without one, the model's cameras are recorded at
+    DEFAULT_CAMERA_RESOLUTION and a warning says so.
 
     The checkpoint is built in a hidden sibling directory and renamed into place only once every
     file is written, so a crash or an exception mid-save never leaves a half-written checkpoint
@@ -91,10 +118,20 @@ def save_checkpoint(
     _refuse_non_checkpoint(directory)
     model = _unwrap(model)
     # Everything that can fail on bad arguments runs before the first file is written.
+    if observation_spec is None:
+        observation_spec = ObservationSpec.uniform(
+            config.cameras, DEFAULT_CAMERA_RESOLUTION, config.state_dim
+        )
+        log.warning(
+            "%s: no observation_spec given; recording cameras %s at the default %dx%d",
+            directory, list(config.cameras), *DEFAULT_CAMERA_RESOLUTION,
+        )  # fmt: skip
+    _check_spec_matches(observation_spec, config, f"{directory}: observation_spec")
     config_payload = {
         "format_version": FORMAT_VERSION,
         "model": _self_contained_config(model, config).to_dict(),
         "processor": dict(processor or {}),
+        OBSERVATION_KEY: observation_spec.to_dict(),
     }
     stats_payload = _stats_to_lists(stats)
     train_text = (
@@ -256,23 +293,32 @@ def load_checkpoint(directory: Path, device: str = "cpu") -> LoadedCheckpoint:
     """Rebuild the model from config.json and load its weights strictly, in their saved dtype.
 
     Every problem found is raised as a `CheckpointError` whose message starts with the path of
-    the file at fault and says what was expected.
+    the file at fault and says what was expected. A checkpoint without an observation spec
+    (exported before it was recorded) loads with the spec inferred and one logged warning.
     """
     directory = Path(directory)
     _check_layout(directory)
-    config, processor = _read_config(directory / CONFIG_FILE)
+    payload = _read_config_payload(directory / CONFIG_FILE)
+    config, processor = _read_config(payload, directory / CONFIG_FILE)
     stats = _read_stats(directory / STATS_FILE)
+    train_config = _read_train_config(directory / TRAIN_CONFIG_FILE)
+    spec, note = _read_observation_spec(payload, config, directory, train_config)
+    if note is not None:
+        log.warning(note)
     model = _build_model(config, directory / CONFIG_FILE)
     _load_weights(model, directory / WEIGHTS_FILE)
     model.to(device).eval()
     tokenizer_dir = directory / TOKENIZER_DIR
     return LoadedCheckpoint(
+        directory=directory,
         config=config,
         model=model,
         stats=stats,
         processor=processor,
+        observation_spec=spec,
         tokenizer_dir=tokenizer_dir if tokenizer_dir.is_dir() else None,
-        train_config=_read_train_config(directory / TRAIN_CONFIG_FILE),
+        train_config=train_config,
+        observation_spec_note=note,
     )
 
 
@@ -294,7 +340,7 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from error
 
 
-def _read_config(path: Path) -> tuple[VLAConfig, dict[str, Any]]:
+def _read_config_payload(path: Path) -> dict[str, Any]:
     payload = _read_json(path)
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(payload).__name__}")
@@ -304,6 +350,10 @@ def _read_config(path: Path) -> tuple[VLAConfig, dict[str, Any]]:
             f"{path}: format_version {version!r} is not supported; this code reads "
             f"{list(SUPPORTED_FORMAT_VERSIONS)}"
         )
+    return payload
+
+
+def _read_config(payload: Mapping[str, Any], path: Path) -> tuple[VLAConfig, dict[str, Any]]:
     model, processor = payload.get("model"), payload.get("processor", {})
     if not isinstance(model, dict) or not isinstance(processor, dict):
         raise CheckpointError(f"{path}: 'model' and 'processor' must be JSON objects")
@@ -312,6 +362,111 @@ def _read_config(path: Path) -> tuple[VLAConfig, dict[str, Any]]:
     except (KeyError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: 'model' is not a valid VLAConfig: {error}") from error
     return config, processor
+
+
+# ====================================================================================== observation spec
+def _read_observation_spec(
+    payload: Mapping[str, Any],
+    config: VLAConfig,
+    directory: Path,
+    train_config: Mapping[str, Any] | None,
+) -> tuple[ObservationSpec, str | None]:
+    """(the spec, None) from config.json; for an older checkpoint without one, (the inferred
+    spec, the note saying how it was inferred and how to record it)."""
+    path = directory / CONFIG_FILE
+    where = f"{path}: '{OBSERVATION_KEY}'"
+    if OBSERVATION_KEY in payload:
+        try:
+            spec = ObservationSpec.from_dict(payload[OBSERVATION_KEY], source=where)
+        except SpecError as error:
+            raise CheckpointError(str(error)) from None
+        _check_spec_matches(spec, config, where)
+        return spec, None
+    spec, how = infer_observation_spec(config, train_config)
+    height, width = spec.cameras[0].height, spec.cameras[0].width
+    uniform = all((c.height, c.width) == (height, width) for c in spec.cameras)
+    fix = (
+        f'python -c "from vla.checkpoint import record_observation_spec; '
+        f"record_observation_spec('{directory}', resolution=({height}, {width}))\""
+        if uniform
+        else f"vla.checkpoint.record_observation_spec('{directory}', spec)"
+    )
+    cameras = ", ".join(f"{c.name} {c.height}x{c.width}" for c in spec.cameras)
+    note = (
+        f"{path} has no '{OBSERVATION_KEY}' entry (exported before camera specs were recorded); "
+        f"camera resolution {how}: {cameras}. Record the resolution the policy was trained on "
+        f"(edit the numbers if these are wrong) with: {fix}"
+    )
+    return spec, note
+
+
+def infer_observation_spec(
+    config: VLAConfig, train_config: Mapping[str, Any] | None
+) -> tuple[ObservationSpec, str]:
+    """The observation spec of an older checkpoint, and how it was found: from the training
+    dataset's meta/info.json when train_config's data.path still holds one, else the default."""
+    data = (train_config or {}).get("data")
+    data_path = data.get("path") if isinstance(data, Mapping) else None
+    reason = "train_config.yaml names no data.path"
+    if data_path:
+        info = Path(str(data_path)) / "meta" / "info.json"
+        reason = f"{info} is not readable here"
+        if info.is_file():
+            try:
+                features = json.loads(info.read_text())["features"]
+                parsed = {
+                    key: Feature.from_json(key, spec, str(info)) for key, spec in features.items()
+                }
+                spec = observation_spec(parsed, config.cameras, source=str(info))
+                _check_spec_matches(spec, config, str(info))
+                return spec, f"inferred from the training dataset's {info}"
+            except (KeyError, ValueError, TypeError) as error:
+                reason = f"{info} does not describe the model's cameras ({error})"
+    height, width = DEFAULT_CAMERA_RESOLUTION
+    spec = ObservationSpec.uniform(config.cameras, DEFAULT_CAMERA_RESOLUTION, config.state_dim)
+    return spec, f"defaulted to {height}x{width} ({reason})"
+
+
+def record_observation_spec(
+    directory: Path | str,
+    spec: ObservationSpec | None = None,
+    *,
+    resolution: tuple[int, int] | None = None,
+) -> ObservationSpec:
+    """Write an observation spec into an existing checkpoint's config.json (the fix for one
+    exported before specs were recorded); returns what was written.
+
+    `spec` is written as given; `resolution` (height, width) records every model camera at that
+    size; with neither, the inferred spec is recorded. config.json is replaced atomically.
+    """
+    directory = Path(directory)
+    _check_layout(directory)
+    path = directory / CONFIG_FILE
+    payload = _read_config_payload(path)
+    config, _ = _read_config(payload, path)
+    if spec is None and resolution is not None:
+        spec = ObservationSpec.uniform(config.cameras, tuple(resolution), config.state_dim)
+    if spec is None:
+        spec, _ = infer_observation_spec(config, _read_train_config(directory / TRAIN_CONFIG_FILE))
+    _check_spec_matches(spec, config, f"{path}: the spec to record")
+    payload[OBSERVATION_KEY] = spec.to_dict()
+    partial = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    _write_json(partial, payload)
+    os.replace(partial, path)
+    return spec
+
+
+def _check_spec_matches(spec: ObservationSpec, config: VLAConfig, where: str) -> None:
+    """The spec must describe the cameras and state the model was built for."""
+    if spec.camera_names != tuple(config.cameras):
+        raise CheckpointError(
+            f"{where}: cameras {list(spec.camera_names)} do not match the model's "
+            f"{list(config.cameras)} (keys {[image_key(c) for c in config.cameras]})"
+        )
+    if spec.state_dim != config.state_dim:
+        raise CheckpointError(
+            f"{where}: state_dim {spec.state_dim} does not match the model's {config.state_dim}"
+        )
 
 
 def _read_stats(path: Path) -> dict[str, dict[str, np.ndarray]]:

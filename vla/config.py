@@ -13,6 +13,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
+from data.schema import ACTION_DIM, DEFAULT_CAMERAS, STATE_DIM
+
 OBJECTIVES = ("flow", "diffusion")
 
 
@@ -30,11 +32,13 @@ class VLAConfig:
     vision_tower_kwargs: dict[str, Any] = field(default_factory=dict)
     vision_max_tokens: int | None = None
     # --- inputs
-    cameras: tuple[str, ...] = ("agentview", "wrist")
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS
+    # the model's internal square image size; cameras may render at another resolution (the
+    # checkpoint's ObservationSpec), and the processor resizes from that to this
     image_size: int = 64
     max_text_tokens: int = 24
-    state_dim: int = 8
-    action_dim: int = 7
+    state_dim: int = STATE_DIM
+    action_dim: int = ACTION_DIM
     # --- action expert: same layer count and attention geometry as the backbone, its own width
     expert_hidden_size: int = 64
     expert_intermediate_size: int = 128

@@ -1,29 +1,71 @@
 """Input and output transforms: everything robot- or dataset-specific, kept out of the network.
 
-Observations in DESIGN.md's format (uint8 images per camera, float32[8] state, task text) become
-normalized model inputs; predicted actions are un-normalized back to the robot's units. Key
-mapping lets a robot's own observation keys (e.g. `observation/image`) feed the same model.
+Model inputs are built by ONE pipeline of small steps, applied in order to a batch dict keyed
+by the frame schema (data/schema.py), for training and inference alike:
+
+    rename keys -> require keys -> images (check resolution, scale) -> [random shift]
+      -> normalize state -> tokenize task -> [reasoning targets] -> [normalize actions]
+
+Steps in brackets run in training only. A training batch (a collated `ActionChunkDataset`
+batch) and an inference batch (observation dicts through `collate_observations`) have the same
+layout, uint8 (B, H, W, 3) images included, so the same frames give the same model inputs on
+both paths; that equality is a test. Predicted actions are un-normalized back to robot units by
+`Processor.actions`.
+
+The processor also carries the checkpoint's `ObservationSpec` (cameras, resolution, state
+size): the image step is the one place a frame at another resolution is resized (same aspect
+ratio) or refused (different aspect ratio, with a message naming the key and both shapes).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.normalize import Normalizer
+from data.normalize import FeatureNormalizer, Normalizer
 from data.reasoning import REASONING_TAGS, Reasoning, format_reasoning
+from data.schema import (
+    ACTION_IS_PAD_KEY,
+    ACTION_KEY,
+    DEFAULT_CAMERA_RESOLUTION,
+    REASONING_FIELDS,
+    STATE_KEY,
+    TASK_KEY,
+    CameraSpec,
+    ObservationSpec,
+    image_key,
+    rename_keys,
+)
 from vla.config import VLAConfig
 from vla.model import ModelInputs
-from vla.tokenizer import encode_text
+from vla.tokenizer import decode_reasoning, encode_reasoning, encode_text
+
+if TYPE_CHECKING:
+    from vla.checkpoint import LoadedCheckpoint
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, Any]
+
+# Keys the pipeline adds to a batch for the model (beside the frame keys it transforms in place).
+TEXT_IDS = "model.text_ids"
+TEXT_MASK = "model.text_mask"
+REASONING_IDS = "model.reasoning_ids"
+REASONING_MASK = "model.reasoning_mask"
 
 
 @dataclass(frozen=True)
 class ProcessorConfig:
+    """The transforms' settings; saved as config.json's "processor" and `train_config.processor`."""
+
     state_norm: str = "mean_std"
     action_norm: str = "mean_std"
     # Reasoning dropout (training): the whole chain is dropped with `reasoning_dropout` (the
@@ -42,196 +84,442 @@ class ProcessorConfig:
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> ProcessorConfig:
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [key for key in payload if key not in known]
+        if unknown:
+            hints = "".join(
+                f" (did you mean {close[0]!r}?)"
+                for key in unknown
+                if (close := difflib.get_close_matches(key, known, n=1))
+            )
+            raise KeyError(f"unknown processor setting(s) {unknown}{hints}; known: {known}")
         return cls(**dict(payload))
 
 
+# ====================================================================================== steps
+@dataclass(frozen=True)
+class StepContext:
+    """What a step may depend on besides the batch: the mode and, in training, the step's rng
+    (seeded per (seed, step, rank) by the caller, so resumed runs draw the same)."""
+
+    training: bool
+    rng: np.random.Generator | None = None
+
+
+class Step:
+    """One transform of the pipeline: batch in, batch out (a new dict; inputs are not mutated).
+    Runs in training and inference unless the subclass sets `training_only`."""
+
+    training_only: ClassVar[bool] = False
+
+    def __call__(self, batch: Batch, context: StepContext) -> Batch:
+        raise NotImplementedError
+
+
+@dataclass
+class RenameKeys(Step):
+    """A robot's key names -> ours (ProcessorConfig.key_map); the only place keys are renamed."""
+
+    key_map: Mapping[str, str]
+
+    def __call__(self, batch: Batch, context: StepContext) -> Batch:
+        return rename_keys(batch, self.key_map) if self.key_map else dict(batch)
+
+
+@dataclass
+class RequireKeys(Step):
+    """Fail early, naming every missing key, instead of at the first step that reads one."""
+
+    keys: tuple[str, ...]
+    training_keys: tuple[str, ...] = ()
+
+    def __call__(self, batch: Batch, context: StepContext) -> Batch:
+        needed = self.keys + (self.training_keys if context.training else ())
+        missing = [key for key in needed if key not in batch]
+        if missing:
+            raise KeyError(
+                f"the {'training batch' if context.training else 'observation'} lacks {missing}; "
+                f"it has {sorted(batch)}"
+            )
+        return batch
+
+
+@dataclass
+class PrepareImages(Step):
+    """uint8 (B, H, W, 3) per camera -> float (B, 3, S, S) in [-1, 1], S = VLAConfig.image_size.
+
+    Frames must come at the spec's resolution (what the policy was trained on). Another
+    resolution with the same aspect ratio is resized (noted once per camera and shape): the
+    scene is the same, only sampled more or less finely. Another aspect ratio is refused: it
+    would stretch the scene, and reasoning pixel coordinates would no longer line up.
+    """
+
+    spec: ObservationSpec
+    image_size: int
+    _noted: set[tuple[str, tuple[int, int]]] = field(default_factory=set, repr=False)
+
+    def __call__(self, batch: Batch, context: StepContext) -> Batch:
+        out = dict(batch)
+        for camera in self.spec.cameras:
+            frames = self.checked(camera, batch[camera.key])  # (B, H, W, 3) uint8
+            pixels = frames.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W) in [0, 1]
+            if pixels.shape[-2:] != (self.image_size, self.image_size):
+                pixels = F.interpolate(
+                    pixels,
+                    size=(self.image_size, self.image_size),
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                )
+            out[camera.key] = pixels * 2.0 - 1.0  # (B, 3, S, S)
+        return out
+
+    def checked(self, camera: CameraSpec, frames: Any) -> torch.Tensor:
+        """The frames as a (B, H, W, 3) uint8 tensor, or an error naming the key and shapes."""
+        expected = camera.shape
+        if isinstance(frames, list):  # `collate_observations` could not stack them
+            shapes = sorted({tuple(np.shape(frame)) for frame in frames})
+            raise ValueError(
+                f"{camera.key}: the observations of one call hold images of different shapes "
+                f"{shapes}; send every camera at {expected}"
+            )
+        frames = torch.as_tensor(frames)
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(
+                f"{camera.key}: expected uint8 images of shape {expected} (H, W, 3), got "
+                f"{str(frames.dtype).removeprefix('torch.')} of shape {tuple(frames.shape[1:])}"
+            )
+        height, width = frames.shape[1], frames.shape[2]
+        if (height, width) == (camera.height, camera.width):
+            return frames
+        if height * camera.width != width * camera.height:
+            raise ValueError(
+                f"{camera.key}: got images of shape {(height, width, 3)}, the policy expects "
+                f"{expected} (its checkpoint's observation spec); the aspect ratio differs, so "
+                f"resizing would distort the scene: render this camera at {camera.height}x"
+                f"{camera.width} (or a multiple of it)"
+            )
+        if (camera.key, (height, width)) not in self._noted:
+            self._noted.add((camera.key, (height, width)))
+            log.warning(
+                "%s: got %dx%d images, the policy was trained on %dx%d; resizing (same aspect ratio)",
+                camera.key, height, width, camera.height, camera.width,
+            )  # fmt: skip
+        return frames
+
+
+@dataclass
+class RandomShift(Step):
+    """Training augmentation: each (3, S, S) image is shifted by up to `pixels` (edge padded)."""
+
+    cameras: tuple[str, ...]
+    pixels: int
+    training_only: ClassVar[bool] = True
+
+    def __call__(self, batch: Batch, context: StepContext) -> Batch:
+        if self.pixels <= 0:
+            return batch
+        out = dict(batch)
+        for camera in self.cameras:  # in camera order: the rng draws are part of the contract
+            out[image_key(camera)] = random_shift(
+                batch[image_key(camera)], self.pixels, context.rng
+            )
+        return out
+
+
+def random_shift(images: torch.Tensor, pixels: int, rng: np.random.Generator) -> torch.Tensor:
+    """(B, 3, S, S) -> the same shape, each image translated by up to `pixels` in each axis."""
+    if pixels <= 0:
+        return images
+    size = images.shape[-1]
+    padded = F.pad(images, (pixels, pixels, pixels, pixels), mode="replicate")
+    offsets = rng.integers(0, 2 * pixels + 1, size=(images.shape[0], 2))
+    return torch.stack(
+        [
+            padded[index, :, top : top + size, left : left + size]
+            for index, (top, left) in enumerate(offsets.tolist())
+        ]
+    )
+
+
+@dataclass
+class NormalizeState(Step):
+    """float (B, D) proprioception -> normalized float32 (B, D), D checked against the model."""
+
+    normalizer: FeatureNormalizer
+    state_dim: int
+
+    def __call__(self, batch: Batch, context: StepContext) -> Batch:
+        state = torch.as_tensor(batch[STATE_KEY])
+        state = state.reshape(state.shape[0], -1).float()  # (B, D)
+        if state.shape[1] != self.state_dim:
+            raise ValueError(
+                f"{STATE_KEY} has {state.shape[1]} values, the model takes {self.state_dim}"
+            )
+        return {**batch, STATE_KEY: self.normalizer.normalize(state)}
+
+
+@dataclass
+class TokenizeTask(Step):
+    """The instruction text -> BOS-prefixed ids (B, L) and their mask, on the batch's device."""
+
+    tokenizer: Any
+    max_tokens: int
+
+    def __call__(self, batch: Batch, context: StepContext) -> Batch:
+        device = batch[STATE_KEY].device
+        tasks = batch[TASK_KEY]
+        tasks = [tasks] if isinstance(tasks, str) else [str(task) for task in tasks]
+        ids, mask = encode_text(self.tokenizer, tasks, self.max_tokens)
+        return {**batch, TEXT_IDS: ids.to(device), TEXT_MASK: mask.to(device)}
+
+
+@dataclass
+class ReasoningTargets(Step):
+    """Training: the frames' `reasoning.*` labels -> reasoning target ids (B, R), after dropout.
+
+    Whole chains are dropped with `reasoning_dropout` (those samples teach acting without
+    thinking) and, otherwise, single tags with `tag_dropout`. Batches without labels pass through.
+    """
+
+    tokenizer: Any
+    max_tokens: int
+    reasoning_dropout: float
+    tag_dropout: float
+    training_only: ClassVar[bool] = True
+
+    def __call__(self, batch: Batch, context: StepContext) -> Batch:
+        present = [key for key in REASONING_FIELDS if key in batch]
+        if not present:
+            return batch
+        size = len(batch[present[0]])
+        frames = [
+            {key: _frame_value(batch[key][index]) for key in present} for index in range(size)
+        ]
+        texts = [self.text(frame, context.rng) for frame in frames]
+        ids, mask = encode_reasoning(
+            self.tokenizer, texts, self.max_tokens, batch[STATE_KEY].device
+        )
+        return {**batch, REASONING_IDS: ids, REASONING_MASK: mask}
+
+    def text(self, frame: Mapping[str, Any], rng: np.random.Generator) -> str | None:
+        """One frame's target text after dropout; None = no chain for this sample."""
+        if rng.random() < self.reasoning_dropout:
+            return None
+        reasoning = Reasoning.from_frame(frame)
+        kept = [tag for tag in REASONING_TAGS if rng.random() >= self.tag_dropout]
+        text = format_reasoning(
+            reasoning, include=kept or [REASONING_TAGS[int(rng.integers(len(REASONING_TAGS)))]]
+        )
+        return text or None
+
+
+def _frame_value(value: Any) -> Any:
+    """A collated label back to what `Reasoning.from_frame` reads (tensors as numpy arrays)."""
+    return value.cpu().numpy() if isinstance(value, torch.Tensor) else value
+
+
+@dataclass
+class NormalizeActions(Step):
+    """Training: the action chunk (B, H, A) -> normalized float32; the padding mask as bool."""
+
+    normalizer: FeatureNormalizer
+    training_only: ClassVar[bool] = True
+
+    def __call__(self, batch: Batch, context: StepContext) -> Batch:
+        return {
+            **batch,
+            ACTION_KEY: self.normalizer.normalize(batch[ACTION_KEY].float()),
+            ACTION_IS_PAD_KEY: batch[ACTION_IS_PAD_KEY].bool(),
+        }
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The steps, applied in order; training-only steps are skipped at inference."""
+
+    steps: tuple[Step, ...]
+
+    def __call__(
+        self, batch: Mapping[str, Any], training: bool, rng: np.random.Generator | None = None
+    ) -> Batch:
+        if training and rng is None:
+            raise ValueError("a training pass needs the step's rng (reasoning dropout, shifts)")
+        context = StepContext(training=training, rng=rng)
+        out = dict(batch)
+        for step in self.steps:
+            if training or not step.training_only:
+                out = step(out, context)
+        return out
+
+    @property
+    def names(self) -> list[str]:
+        return [type(step).__name__ for step in self.steps]
+
+
+def collate_observations(observations: Sequence[Mapping[str, Any]]) -> Batch:
+    """Observation dicts (DESIGN.md format) -> one batch laid out like a collated training batch.
+
+    Arrays are stacked into tensors (B, ...) as the DataLoader stacks dataset samples, and text
+    becomes a list of B strings. Values that cannot be stacked (images of different shapes)
+    stay a list, for the step that reads them to report. Keys missing from some observations
+    are left out, so `RequireKeys` names them.
+    """
+    if not observations:
+        raise ValueError("no observations to process")
+    keys = [key for key in observations[0] if all(key in o for o in observations[1:])]
+    batch: Batch = {}
+    for key in keys:
+        values = [observation[key] for observation in observations]
+        if all(isinstance(value, str) for value in values):
+            batch[key] = [str(value) for value in values]
+            continue
+        arrays = [np.asarray(value) for value in values]
+        stackable = all(a.shape == arrays[0].shape and a.dtype == arrays[0].dtype for a in arrays)
+        if stackable and arrays[0].dtype.kind in "biuf":
+            batch[key] = torch.from_numpy(np.stack(arrays))
+        else:
+            batch[key] = arrays
+    return batch
+
+
+def batch_to_device(batch: Mapping[str, Any], device: torch.device | str) -> Batch:
+    """Tensors moved to `device` (what Lightning does to a training batch); the rest as is."""
+    return {
+        key: value.to(device) if isinstance(value, torch.Tensor) else value
+        for key, value in batch.items()
+    }
+
+
+# ====================================================================================== processor
 class Processor:
+    """The policy's input pipeline and output transform, built from a checkpoint's parts.
+
+    `config` is the model's VLAConfig, `settings` the ProcessorConfig (normalization modes,
+    dropout, key map), `observation_spec` the cameras/resolution/state the policy was trained
+    on (default: the model's cameras at DEFAULT_CAMERA_RESOLUTION, for hand-built processors).
+    """
+
     def __init__(
         self,
         config: VLAConfig,
-        processor: ProcessorConfig,
+        settings: ProcessorConfig,
         stats: Mapping[str, Mapping[str, Any]],
         tokenizer: Any,
+        observation_spec: ObservationSpec | None = None,
     ) -> None:
-        missing = [key for key in ("observation.state", "action") if key not in stats]
+        missing = [key for key in (STATE_KEY, ACTION_KEY) if key not in stats]
         if missing:
             raise KeyError(
                 f"normalization stats lack {missing}; they come from the dataset's meta/stats.json"
             )
+        spec = observation_spec or ObservationSpec.uniform(
+            config.cameras, DEFAULT_CAMERA_RESOLUTION, config.state_dim
+        )
+        if spec.camera_names != tuple(config.cameras) or spec.state_dim != config.state_dim:
+            raise ValueError(
+                f"the observation spec (cameras {list(spec.camera_names)}, state_dim "
+                f"{spec.state_dim}) does not match the model (cameras {list(config.cameras)}, "
+                f"state_dim {config.state_dim})"
+            )
         self.config = config
-        self.processor = processor
+        self.settings = settings
+        self.observation_spec = spec
         self.tokenizer = tokenizer
         self.normalizer = Normalizer(
-            stats, {"observation.state": processor.state_norm, "action": processor.action_norm}
+            stats, {STATE_KEY: settings.state_norm, ACTION_KEY: settings.action_norm}
+        )
+        self.reasoning = ReasoningTargets(
+            tokenizer, config.max_reasoning_tokens, settings.reasoning_dropout, settings.tag_dropout
+        )
+        self.pipeline = Pipeline(
+            (
+                RenameKeys(settings.key_map),
+                RequireKeys(
+                    (*spec.image_keys, STATE_KEY, TASK_KEY), (ACTION_KEY, ACTION_IS_PAD_KEY)
+                ),
+                PrepareImages(spec, config.image_size),
+                RandomShift(tuple(config.cameras), settings.image_shift),
+                NormalizeState(self.normalizer.features[STATE_KEY], config.state_dim),
+                TokenizeTask(tokenizer, config.max_text_tokens),
+                self.reasoning,
+                NormalizeActions(self.normalizer.features[ACTION_KEY]),
+            )
         )
 
-    def map_keys(self, observation: Mapping[str, Any]) -> dict[str, Any]:
-        return {self.processor.key_map.get(key, key): value for key, value in observation.items()}
+    @classmethod
+    def from_checkpoint(cls, loaded: LoadedCheckpoint) -> Processor:
+        """The processor a checkpoint was exported with (settings, stats, tokenizer, spec)."""
+        from vla.tokenizer import load_tokenizer
 
+        if loaded.tokenizer_dir is None:
+            raise FileNotFoundError(
+                f"{loaded.directory}: the checkpoint has no tokenizer/ directory"
+            )
+        return cls(
+            loaded.config,
+            ProcessorConfig.from_dict(loaded.processor),
+            loaded.stats,
+            load_tokenizer(loaded.tokenizer_dir),
+            observation_spec=loaded.observation_spec,
+        )
+
+    @property
+    def processor(self) -> ProcessorConfig:
+        """Transitional alias of `settings` (the old, misleading name); remove once
+        vla/policy.py, vla/serving/server.py and tests/test_policy.py read `.settings`."""
+        return self.settings
+
+    # ------------------------------------------------------------------ the two entry points
     def inputs(
         self, observations: Sequence[Mapping[str, Any]], device: torch.device | str = "cpu"
     ) -> ModelInputs:
-        """A batch of observation dicts -> normalized model inputs."""
-        observations = [self.map_keys(observation) for observation in observations]
-        for index, observation in enumerate(observations):
-            needed = [f"observation.images.{camera}" for camera in self.config.cameras] + [
-                "observation.state",
-                "task",
-            ]
-            missing = [key for key in needed if key not in observation]
-            if missing:
-                raise KeyError(f"observation {index} lacks {missing}; it has {sorted(observation)}")
-        images = {
-            camera: torch.stack(
-                [self.image(o[f"observation.images.{camera}"]) for o in observations]
-            ).to(device)
-            for camera in self.config.cameras
-        }
-        states = np.stack(
-            [np.asarray(o["observation.state"], dtype=np.float32).reshape(-1) for o in observations]
-        )
-        if states.shape[1] != self.config.state_dim:
-            raise ValueError(
-                f"observation.state has {states.shape[1]} values, the model takes {self.config.state_dim}"
-            )
-        state = (
-            torch.from_numpy(self.normalizer.features["observation.state"].normalize(states))
-            .float()
-            .to(device)
-        )
-        ids, mask = encode_text(
-            self.tokenizer, [str(o["task"]) for o in observations], self.config.max_text_tokens
-        )
-        return ModelInputs(
-            images=images, text_ids=ids.to(device), text_mask=mask.to(device), state=state
-        )
+        """Observation dicts -> normalized model inputs on `device` (inference)."""
+        batch = batch_to_device(collate_observations(observations), device)
+        return self.model_inputs(self.pipeline(batch, training=False))
 
     def training_inputs(
         self, batch: Mapping[str, Any], rng: np.random.Generator
     ) -> tuple[ModelInputs, torch.Tensor, torch.Tensor]:
         """A collated `ActionChunkDataset` batch -> (model inputs with reasoning targets after
         dropout, normalized actions (B, H, A), action_is_pad (B, H)), on the batch's device."""
-        device = batch["observation.state"].device
-        images = {}
-        for camera in self.config.cameras:
-            key = f"observation.images.{camera}"
-            if key not in batch:
-                raise KeyError(
-                    f"the batch has no {key!r}; the model's cameras are {list(self.config.cameras)}"
-                )
-            images[camera] = self.random_shift(self.images(batch[key]), rng)
-        state = self.normalizer.features["observation.state"].normalize(
-            batch["observation.state"].float()
-        )
-        ids, mask = encode_text(self.tokenizer, list(batch["task"]), self.config.max_text_tokens)
-        inputs = ModelInputs(
-            images=images, text_ids=ids.to(device), text_mask=mask.to(device), state=state
-        )
-        if "reasoning.subtask" in batch:
-            texts = [self.reasoning_text(frame, rng) for frame in _reasoning_frames(batch)]
-            reasoning_ids, reasoning_mask = self.encode_reasoning(texts, device)
-            inputs = ModelInputs(
-                **{
-                    **inputs.__dict__,
-                    "reasoning_ids": reasoning_ids,
-                    "reasoning_mask": reasoning_mask,
-                }
-            )
-        actions = self.normalize_actions(batch["action"].float())
-        return inputs, actions, batch["action_is_pad"].bool()
+        out = self.pipeline(batch, training=True, rng=rng)
+        return self.model_inputs(out), out[ACTION_KEY], out[ACTION_IS_PAD_KEY]
 
-    def images(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, h, w) -> (B, 3, S, S) float in [-1, 1] (resized when h, w differ from S)."""
-        pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        size = self.config.image_size
-        if pixels.shape[-2:] != (size, size):
-            pixels = F.interpolate(
-                pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
-        return pixels * 2.0 - 1.0
+    def model_inputs(self, batch: Mapping[str, Any]) -> ModelInputs:
+        """The pipeline's output batch -> the model's input dataclass."""
+        return ModelInputs(
+            images={camera: batch[image_key(camera)] for camera in self.config.cameras},
+            text_ids=batch[TEXT_IDS],
+            text_mask=batch[TEXT_MASK],
+            state=batch[STATE_KEY],
+            reasoning_ids=batch.get(REASONING_IDS),
+            reasoning_mask=batch.get(REASONING_MASK),
+        )
 
+    # ------------------------------------------------------------------ pieces callers reuse
     def random_shift(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """(B, 3, S, S) -> the same shape, each image shifted by up to `image_shift` pixels."""
-        shift = self.processor.image_shift
-        if shift <= 0:
-            return images
-        size = images.shape[-1]
-        padded = F.pad(images, (shift, shift, shift, shift), mode="replicate")
-        offsets = rng.integers(0, 2 * shift + 1, size=(images.shape[0], 2))
-        return torch.stack(
-            [
-                padded[index, :, top : top + size, left : left + size]
-                for index, (top, left) in enumerate(offsets.tolist())
-            ]
-        )
-
-    def image(self, image: Any) -> torch.Tensor:
-        """uint8 (H, W, 3) (or float CHW already in [0, 1]) -> (3, S, S) float in [-1, 1]."""
-        tensor = torch.as_tensor(np.asarray(image))
-        if tensor.ndim != 3:
-            raise ValueError(f"an image must be (H, W, 3) uint8, got shape {tuple(tensor.shape)}")
-        if tensor.shape[-1] == 3 and tensor.shape[0] != 3:
-            tensor = tensor.permute(2, 0, 1)
-        return self.images(tensor[None])[0]
+        """(B, 3, S, S) -> the same shape, shifted by up to `settings.image_shift` pixels."""
+        return random_shift(images, self.settings.image_shift, rng)
 
     def reasoning_text(self, frame: Mapping[str, Any], rng: np.random.Generator) -> str | None:
         """The training target for one frame's `reasoning.*` labels, after dropout; None = no chain."""
-        if rng.random() < self.processor.reasoning_dropout:
-            return None
-        reasoning = Reasoning.from_frame(frame)
-        kept = [tag for tag in REASONING_TAGS if rng.random() >= self.processor.tag_dropout]
-        text = format_reasoning(
-            reasoning, include=kept or [REASONING_TAGS[int(rng.integers(len(REASONING_TAGS)))]]
-        )
-        return text or None
+        return self.reasoning.text(frame, rng)
 
     def encode_reasoning(
         self, texts: Sequence[str | None], device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reasoning ids (B, R) ending with EOS, right-padded, and their mask; None rows are empty."""
-        limit = self.config.max_reasoning_tokens
-        rows = []
-        for text in texts:
-            ids = (
-                []
-                if not text
-                else self.tokenizer(text, add_special_tokens=False)["input_ids"][: limit - 1]
-            )
-            rows.append(ids + [self.tokenizer.eos_token_id] if text else [])
-        width = max((len(row) for row in rows), default=0)
-        padded = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.bool)
-        for index, row in enumerate(rows):
-            padded[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[index, : len(row)] = True
-        return padded.to(device), mask.to(device)
+        return encode_reasoning(self.tokenizer, texts, self.config.max_reasoning_tokens, device)
 
     def decode_reasoning(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
         """Generated ids (B, R) -> reasoning text per item (EOS and padding dropped)."""
-        return [
-            self.tokenizer.decode(row[keep].tolist(), skip_special_tokens=True).strip()
-            for row, keep in zip(ids, mask, strict=True)
-        ]
+        return decode_reasoning(self.tokenizer, ids, mask)
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        return self.normalizer.features["action"].normalize(actions)
+        return self.normalizer.features[ACTION_KEY].normalize(actions)
 
     def actions(self, normalized: torch.Tensor) -> np.ndarray:
         """Model output (B, H, A) -> robot actions in dataset units, float32."""
-        actions = self.normalizer.features["action"].unnormalize(normalized.float().cpu().numpy())
+        actions = self.normalizer.features[ACTION_KEY].unnormalize(normalized.float().cpu().numpy())
         return actions.astype(np.float32)
-
-
-def _reasoning_frames(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per-sample `reasoning.*` label dicts out of a collated batch."""
-    size = len(batch["reasoning.subtask"])
-    frames = []
-    for index in range(size):
-        frame = {}
-        for key in ("reasoning.plan", "reasoning.subtask", "reasoning.move", "reasoning.objects"):
-            if key in batch:
-                frame[key] = batch[key][index]
-        if "reasoning.gripper_px" in batch:
-            frame["reasoning.gripper_px"] = batch["reasoning.gripper_px"][index].cpu().numpy()
-        frames.append(frame)
-    return frames

@@ -75,3 +75,37 @@ def encode_text(
         return_tensors="pt",
     )
     return encoded["input_ids"], encoded["attention_mask"].bool()
+
+
+def encode_reasoning(
+    tokenizer: PreTrainedTokenizerFast,
+    texts: Sequence[str | None],
+    max_tokens: int,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reasoning ids (B, R) ending with EOS, right-padded, and their mask (B, R).
+
+    No BOS: reasoning continues the instruction's sequence. A None or empty text is an empty
+    row (that sample acts without thinking); R is the longest row, at most `max_tokens`.
+    """
+    rows = []
+    for text in texts:
+        ids = [] if not text else tokenizer(text, add_special_tokens=False)["input_ids"]
+        rows.append(ids[: max_tokens - 1] + [tokenizer.eos_token_id] if text else [])
+    width = max((len(row) for row in rows), default=0)
+    padded = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for index, row in enumerate(rows):
+        padded[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[index, : len(row)] = True
+    return padded.to(device), mask.to(device)
+
+
+def decode_reasoning(
+    tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor, mask: torch.Tensor
+) -> list[str]:
+    """Generated ids (B, R) -> one text per row (EOS and padding dropped)."""
+    return [
+        tokenizer.decode(row[keep].tolist(), skip_special_tokens=True).strip()
+        for row, keep in zip(ids, mask, strict=True)
+    ]

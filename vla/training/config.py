@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from data.schema import DEFAULT_CAMERA_RESOLUTION
 from vla.processor import ProcessorConfig
 
 
@@ -83,7 +84,9 @@ class EvalSection:
     episodes_per_task: int = 10  # init states 0..N-1 of every task
     num_envs: int = 2
     videos_per_task: int = 1  # the first episodes of each task are filmed and logged
-    image_size: int = 128  # must match the training dataset's camera resolution
+    # the sim's render size for periodic evaluation: the training dataset's resolution (what
+    # vla.training.run.training_observation_spec reads from its info.json) or the same aspect ratio
+    image_size: int = DEFAULT_CAMERA_RESOLUTION[0]
 
 
 @dataclass(frozen=True)

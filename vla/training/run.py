@@ -4,6 +4,9 @@ periodic resumable checkpoints, and the deployable checkpoint exported at the en
 Run directory (`<output_dir>/<name>/`): `resolved_config.yaml`, `tokenizer/`,
 `checkpoints/last.ckpt` (+ periodic ones; Lightning format, for resuming), `logs/` (CSV and
 wandb), and `export/` (DESIGN.md checkpoint: loads with `VLAPolicy.from_pretrained`).
+
+The export records the observation spec of the training dataset (each camera's resolution as
+its meta/info.json stores it), so whoever deploys the checkpoint renders what training saw.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from data.features import observation_spec
 from data.reader import LeRobotDatasetReader
+from data.schema import ACTION_KEY, REASONING_TEXT_FIELDS, ObservationSpec
 from vla.checkpoint import save_checkpoint
 from vla.config import VLAConfig
 from vla.processor import Processor
@@ -53,12 +58,32 @@ def build_tokenizer(config: TrainConfig, reader: LeRobotDatasetReader, directory
         return load_tokenizer(directory)
     corpus = list(reader.tasks)
     table = reader.table
-    for key in ("reasoning.plan", "reasoning.subtask", "reasoning.move", "reasoning.objects"):
+    for key in REASONING_TEXT_FIELDS:
         if key in table.column_names:
             corpus.extend(sorted(set(table[key].to_pylist()))[:2000])
     tokenizer = train_tokenizer(corpus, vocab_size=config.model.tokenizer_vocab_size)
     tokenizer.save_pretrained(directory)
     return tokenizer
+
+
+def training_observation_spec(
+    model_config: VLAConfig, reader: LeRobotDatasetReader
+) -> ObservationSpec:
+    """The model's cameras at the resolution the training dataset stores them (its info.json),
+    and the state size; an error naming the dataset when it lacks a camera the model reads."""
+    info = reader.root / "meta" / "info.json"
+    try:
+        spec = observation_spec(reader.features, model_config.cameras, source=str(info))
+    except KeyError as error:
+        raise ValueError(
+            f"{error.args[0]}; the model wants cameras {list(model_config.cameras)}"
+        ) from None
+    if spec.state_dim != model_config.state_dim:
+        raise ValueError(
+            f"{info}: observation.state has {spec.state_dim} values, the model takes "
+            f"{model_config.state_dim} (model.overrides.state_dim)"
+        )
+    return spec
 
 
 def train(
@@ -75,11 +100,7 @@ def train(
     L.seed_everything(config.trainer.seed, workers=True)
     model_config = model_config_for(config)
     reader = LeRobotDatasetReader(config.data.path)
-    missing = [c for c in model_config.cameras if f"observation.images.{c}" not in reader.features]
-    if missing:
-        raise ValueError(
-            f"{config.data.path}: the model wants cameras {missing} the dataset does not have"
-        )
+    spec = training_observation_spec(model_config, reader)
     tokenizer = build_tokenizer(config, reader, run_dir / "tokenizer")
     vocabulary = model_config.backbone_config.get("text_config", {}).get("vocab_size")
     if vocabulary is not None and len(tokenizer) > vocabulary:
@@ -88,7 +109,7 @@ def train(
         )
     processor_config = config.processor
     stats = reader.stats
-    processor = Processor(model_config, processor_config, stats, tokenizer)
+    processor = Processor(model_config, processor_config, stats, tokenizer, spec)
     module = VLATrainingModule(config, model_config, processor)
     data = VLADataModule(config, model_config, reader)
 
@@ -128,6 +149,7 @@ def train(
                 for key, values in stats.items()
             },
             processor=processor_config.to_dict(),
+            observation_spec=spec,
             tokenizer_dir=run_dir / "tokenizer",
             train_config=config.to_dict(),
         )
@@ -208,7 +230,7 @@ def _callbacks(config: TrainConfig, run_dir: Path) -> list:
     ]
     # samples/s (and, where Lightning knows the device's peak FLOPs, MFU) in the logs
     callbacks.append(
-        ThroughputMonitor(batch_size_fn=lambda batch: batch["action"].shape[0], window_size=20)
+        ThroughputMonitor(batch_size_fn=lambda batch: batch[ACTION_KEY].shape[0], window_size=20)
     )
     if config.trainer.ema_decay is not None:
         callbacks.append(EMAWeightAveraging(decay=config.trainer.ema_decay))
