@@ -37,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--suite", default="quickstart")
     parser.add_argument("--task", type=int, default=0)
     parser.add_argument("--init-state", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=128, help="camera resolution of the sim")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="camera resolution of the sim (default: the checkpoint's, from the server metadata)",
+    )
     parser.add_argument("--max-episode-steps", type=int, help="default: the suite's episode length")
     parser.add_argument("--hz", type=float, default=20.0, help="control frequency")
     parser.add_argument(
@@ -65,11 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     token = secrets.token_urlsafe(16)  # the demo authenticates like a real deployment would
     process, uri = start_server_process(args.checkpoint, token=token, device=args.device)
     try:
-        env = make_robot(args)
+        client = PolicyClient(uri, token=token)
+        env = make_robot(args, camera_resolution(args, client.metadata))
         try:
             observation, _ = env.reset(options={"init_state": args.init_state})
             controller = Controller(
-                PolicyClient(uri, token=token),
+                client,
                 ControllerConfig(
                     control_hz=args.hz,
                     replan_every=args.replan_every,
@@ -90,11 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def make_robot(args: argparse.Namespace) -> Any:
+def camera_resolution(args: argparse.Namespace, metadata: Mapping[str, Any]) -> tuple[int, int]:
+    """What the simulated cameras render: --image-size, else what the server says the checkpoint
+    was trained on (its observation spec), as a real robot's camera driver would be set up."""
+    if args.image_size:
+        return args.image_size, args.image_size
+    from data.schema import ObservationSpec
+
+    return ObservationSpec.from_dict(metadata["observation"], "server metadata").resolution
+
+
+def make_robot(args: argparse.Namespace, image_size: tuple[int, int]) -> Any:
     """The simulated robot: a gymnasium environment of one of sim's suites."""
     import sim
 
-    config: dict[str, Any] = {"image_size": (args.image_size, args.image_size)}
+    config: dict[str, Any] = {"image_size": image_size}
     if args.max_episode_steps is not None:
         config["max_episode_steps"] = args.max_episode_steps
     return sim.make(args.suite, args.task, **config)

@@ -18,8 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_IMAGE_SIZE = 128  # what `vla-data generate` renders unless told otherwise
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -42,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--image-size",
         type=int,
-        help="camera resolution (default: the training dataset's, else 128)",
+        help="camera resolution the envs render (default: the checkpoint's, from its "
+        "config.json observation spec; the expert: the suites' default)",
     )
     rollout = parser.add_argument_group("rollout")
     rollout.add_argument(
@@ -110,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (
         (args.checkpoint / "eval" / args.suite) if args.checkpoint else Path("outputs/eval/expert")
     )
-    image_size = args.image_size or training_image_size(args.checkpoint) or DEFAULT_IMAGE_SIZE
     policy = None
     if args.checkpoint is not None:
         from vla.policy import VLAPolicy
@@ -129,11 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:  # bad rollout settings, or thinking without reasoning
             print(f"error: {error}", file=sys.stderr)
             return 2
+    # The envs render what the policy was trained on (its checkpoint's observation spec).
+    image_size = (
+        (args.image_size, args.image_size) if args.image_size else camera_resolution(policy)
+    )
     runner_options: dict[str, Any] = dict(
         tasks=args.tasks,
         episodes_per_task=args.episodes_per_task,
         num_envs=args.envs,
-        image_size=(image_size, image_size),
+        image_size=image_size,
         scenes="train" if args.train_scenes else "eval",
         progress=not args.no_progress,
     )
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = runner.run(policy, policy.new_chunker, video_dir=out / "videos")
     report = metrics.to_dict()
     report["checkpoint"] = str(args.checkpoint) if args.checkpoint else "scripted expert"
-    report["image_size"] = image_size
+    report["image_size"] = list(image_size)
     if policy is not None:
         if args.feature_cache_every:
             report["settings"]["feature_cache_every"] = args.feature_cache_every
@@ -172,6 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def camera_resolution(policy: Any) -> tuple[int, int]:
+    """(height, width) to render: the checkpoint's cameras', or the data default for the expert."""
+    if policy is None:
+        from data.schema import DEFAULT_CAMERA_RESOLUTION
+
+        return DEFAULT_CAMERA_RESOLUTION
+    return policy.processor.observation_spec.resolution
+
+
 def list_tasks(suite: str) -> int:
     from sim.catalog import get_suite
 
@@ -183,26 +194,6 @@ def list_tasks(suite: str) -> int:
     for index, task in enumerate(spec.tasks):
         print(f"{index:3d}  {task}")
     return 0
-
-
-def training_image_size(checkpoint: Path | None) -> int | None:
-    """The agentview resolution of the dataset the checkpoint was trained on, when that dataset
-    is still where train_config.yaml says (evaluation should render what training saw)."""
-    if checkpoint is None or not (checkpoint / "train_config.yaml").is_file():
-        return None
-    import yaml
-
-    from data.reader import DatasetError, LeRobotDatasetReader
-
-    train_config = yaml.safe_load((checkpoint / "train_config.yaml").read_text()) or {}
-    path = (train_config.get("data") or {}).get("path")
-    if not path or not Path(path).is_dir():
-        return None
-    try:
-        feature = LeRobotDatasetReader(path).features.get("observation.images.agentview")
-    except DatasetError:
-        return None
-    return int(feature.shape[0]) if feature else None
 
 
 def print_summary(report: dict, expert: dict | None, paths: dict[str, Path]) -> None:

@@ -61,7 +61,11 @@ def periodic_evaluation(config: Any) -> Iterator[list]:
         section.suite,
         episodes_per_task=section.episodes_per_task,
         num_envs=section.num_envs,
-        image_size=(section.image_size, section.image_size),
+        image_size=(
+            (section.image_size, section.image_size)
+            if section.image_size
+            else dataset_camera_resolution(config.data.path)
+        ),
         video_episodes_per_task=section.videos_per_task,
         progress=False,
     )
@@ -74,6 +78,18 @@ def periodic_evaluation(config: Any) -> Iterator[list]:
 
     with runner:
         yield [PeriodicEvaluation(evaluate, section.every_n_steps)]
+
+
+def dataset_camera_resolution(path: str | Path) -> tuple[int, int]:
+    """(height, width) of the training dataset's cameras: what the sim renders for periodic
+    evaluation, so the policy sees what it trains on."""
+    from data.features import observation_spec
+    from data.reader import LeRobotDatasetReader
+
+    reader = LeRobotDatasetReader(path)
+    return observation_spec(
+        reader.features, source=str(reader.root / "meta" / "info.json")
+    ).resolution
 
 
 if __name__ == "__main__":

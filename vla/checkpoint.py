@@ -64,6 +64,7 @@ CONTENTS = (
 )
 ALIASES_KEY = "aliases"  # safetensors metadata: JSON {alias name: stored name}
 OBSERVATION_KEY = "observation"  # config.json: the ObservationSpec the policy was trained with
+REASONING_TRAINED_KEY = "reasoning_trained"
 
 Stats = Mapping[str, Mapping[str, Any]]
 
@@ -89,6 +90,9 @@ class LoadedCheckpoint:
     tokenizer_dir: Path | None
     train_config: dict[str, Any] | None
     observation_spec_note: str | None = None
+    # Whether training showed the model reasoning targets (None: exported before this was
+    # recorded; the processor's reasoning_dropout is then all there is to go on).
+    reasoning_trained: bool | None = None
 
 
 # ====================================================================================== save
@@ -102,8 +106,12 @@ def save_checkpoint(
     observation_spec: ObservationSpec | None = None,
     tokenizer_dir: Path | None = None,
     train_config: Mapping[str, Any] | None = None,
+    reasoning_trained: bool | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically and return its path.
+
+    `reasoning_trained`: whether any training sample carried a reasoning target (False for an
+    act-only run or a dataset without reasoning labels); a policy refuses to think without it.
 
     `observation_spec`: the cameras at the resolution the policy was trained on (training
     exports pass the dataset's); without one, the model's cameras are recorded at
@@ -133,6 +141,8 @@ def save_checkpoint(
         "processor": dict(processor or {}),
         OBSERVATION_KEY: observation_spec.to_dict(),
     }
+    if reasoning_trained is not None:
+        config_payload[REASONING_TRAINED_KEY] = bool(reasoning_trained)
     stats_payload = _stats_to_lists(stats)
     train_text = (
         None if train_config is None else yaml.safe_dump(_plain(train_config), sort_keys=False)
@@ -319,7 +329,17 @@ def load_checkpoint(directory: Path, device: str = "cpu") -> LoadedCheckpoint:
         tokenizer_dir=tokenizer_dir if tokenizer_dir.is_dir() else None,
         train_config=train_config,
         observation_spec_note=note,
+        reasoning_trained=_read_reasoning_trained(payload, directory / CONFIG_FILE),
     )
+
+
+def _read_reasoning_trained(payload: Mapping[str, Any], path: Path) -> bool | None:
+    value = payload.get(REASONING_TRAINED_KEY)
+    if value is not None and not isinstance(value, bool):
+        raise CheckpointError(
+            f"{path}: {REASONING_TRAINED_KEY!r} must be true or false, got {value!r}"
+        )
+    return value
 
 
 def _check_layout(directory: Path) -> None:

@@ -25,7 +25,7 @@ import torch
 from vla.config import VLAConfig
 from vla.feature_cache import FeatureCache, uniform_schedule
 from vla.model import VLAModel
-from vla.processor import Processor, ProcessorConfig
+from vla.processor import Processor
 from vla.robot.chunker import ActionChunker, ChunkerConfig
 
 
@@ -47,12 +47,15 @@ class VLAPolicy:
         feature_cache_every: int | None = None,
         noise_scale: float = 1.0,
         name: str = "this policy",
+        reasoning_trained: bool | None = None,
     ) -> None:
         self.model = model.eval().to(device)
         self.processor = processor
         self.config: VLAConfig = model.config
         self.device = torch.device(device)
         self.name = name  # what errors call it: the checkpoint path when loaded from one
+        # Recorded at export (None: unknown, e.g. a model built in memory or an older checkpoint).
+        self.reasoning_trained = reasoning_trained
         horizon = self.config.action_horizon
         if n_action_steps is not None and not 1 <= n_action_steps <= horizon:
             raise ValueError(
@@ -85,35 +88,37 @@ class VLAPolicy:
     def from_pretrained(cls, path: str | Path, device: str = "cpu", **options: Any) -> VLAPolicy:
         """Load a checkpoint directory (config.json, model.safetensors, stats.json, tokenizer/)."""
         from vla.checkpoint import load_checkpoint
-        from vla.tokenizer import load_tokenizer
 
         loaded = load_checkpoint(Path(path), device=device)
-        if loaded.tokenizer_dir is None:
-            raise FileNotFoundError(f"{path}: the checkpoint has no tokenizer/ directory")
-        processor = Processor(
-            loaded.config,
-            ProcessorConfig.from_dict(loaded.processor),
-            loaded.stats,
-            load_tokenizer(loaded.tokenizer_dir),
-        )
+        processor = Processor.from_checkpoint(loaded)  # settings, stats, tokenizer, camera spec
         options.setdefault("name", f"checkpoint {path}")
+        options.setdefault("reasoning_trained", loaded.reasoning_trained)
         return cls(loaded.model, processor, device=device, **options)
 
     # ------------------------------------------------------------------ the stateless call
     @property
     def can_reason(self) -> bool:
-        """Whether the model was trained to write a chain of thought: reasoning dropout 1.0
-        (act-only training) never showed it a reasoning target."""
-        return self.processor.processor.reasoning_dropout < 1.0
+        """Whether the model was trained to write a chain of thought: not when every reasoning
+        target was dropped (reasoning_dropout 1.0, act-only training) or, as the checkpoint
+        records, its dataset had no reasoning labels."""
+        return (
+            self.processor.settings.reasoning_dropout < 1.0 and self.reasoning_trained is not False
+        )
 
     def _require_reasoning(self) -> None:
-        if not self.can_reason:
-            raise ReasoningUnavailableError(
-                f"{self.name} cannot think: it was trained act-only (processor reasoning_dropout "
-                f"= {self.processor.processor.reasoning_dropout}, so it never saw a reasoning "
-                "target). Run it without think/reasoning, or train with reasoning labels and "
-                "processor.reasoning_dropout < 1 (e.g. 0.5)."
-            )
+        if self.can_reason:
+            return
+        dropout = self.processor.settings.reasoning_dropout
+        why = (
+            f"it was trained act-only (processor reasoning_dropout = {dropout}, so it never saw "
+            "a reasoning target)"
+            if dropout >= 1.0
+            else "its training data had no reasoning labels (config.json reasoning_trained = false)"
+        )
+        raise ReasoningUnavailableError(
+            f"{self.name} cannot think: {why}. Run it without think/reasoning, or train with "
+            "reasoning labels and processor.reasoning_dropout < 1 (e.g. 0.5)."
+        )
 
     @torch.no_grad()
     def infer(

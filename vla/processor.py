@@ -144,6 +144,11 @@ class RequireKeys(Step):
         return batch
 
 
+class ObservationMismatchError(ValueError):
+    """An observation that does not fit the policy's observation spec (camera shape, dtype): the
+    caller sent something wrong, as opposed to the model failing on a valid input."""
+
+
 @dataclass
 class PrepareImages(Step):
     """uint8 (B, H, W, 3) per camera -> float (B, 3, S, S) in [-1, 1], S = VLAConfig.image_size.
@@ -179,13 +184,13 @@ class PrepareImages(Step):
         expected = camera.shape
         if isinstance(frames, list):  # `collate_observations` could not stack them
             shapes = sorted({tuple(np.shape(frame)) for frame in frames})
-            raise ValueError(
+            raise ObservationMismatchError(
                 f"{camera.key}: the observations of one call hold images of different shapes "
                 f"{shapes}; send every camera at {expected}"
             )
         frames = torch.as_tensor(frames)
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(
+            raise ObservationMismatchError(
                 f"{camera.key}: expected uint8 images of shape {expected} (H, W, 3), got "
                 f"{str(frames.dtype).removeprefix('torch.')} of shape {tuple(frames.shape[1:])}"
             )
@@ -193,7 +198,7 @@ class PrepareImages(Step):
         if (height, width) == (camera.height, camera.width):
             return frames
         if height * camera.width != width * camera.height:
-            raise ValueError(
+            raise ObservationMismatchError(
                 f"{camera.key}: got images of shape {(height, width, 3)}, the policy expects "
                 f"{expected} (its checkpoint's observation spec); the aspect ratio differs, so "
                 f"resizing would distort the scene: render this camera at {camera.height}x"

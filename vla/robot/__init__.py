@@ -7,7 +7,7 @@ this package may import torch (a test imports every module here with torch unimp
 pieces, one module each:
 
 - `client`: `PolicyClient`, the websocket client of `vla serve` (openpi-compatible);
-- `protocol`: the request/reply contract and `ObservationSpec`, shared with the server;
+- `protocol`: the request/reply contract and `RequestSpec`, shared with the server;
 - `msgpack_numpy`: the wire codec (numpy arrays in openpi's msgpack encoding, no pickle);
 - `controller`: `Controller`, the control loop with asynchronous inference and a watchdog;
 - `stitching`: `ChunkStitcher`, joining chunks that overlap and arrive late;
@@ -34,7 +34,7 @@ _HOMES = {
     "ControllerConfig": "controller",
     "Rate": "controller",
     "InvalidObservation": "protocol",
-    "ObservationSpec": "protocol",
+    "RequestSpec": "protocol",
     "SafetyConfig": "safety",
     "SafetyLayer": "safety",
     "ChunkStitcher": "stitching",
@@ -47,7 +47,7 @@ __all__ = [
     "Controller",
     "ControllerConfig",
     "InvalidObservation",
-    "ObservationSpec",
+    "RequestSpec",
     "PolicyClient",
     "Rate",
     "SafetyConfig",
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from vla.robot.chunker import ActionChunker, ChunkerConfig, default_n_action_steps
     from vla.robot.client import PolicyClient, ServerError
     from vla.robot.controller import Controller, ControllerConfig, Rate
-    from vla.robot.protocol import InvalidObservation, ObservationSpec
+    from vla.robot.protocol import InvalidObservation, RequestSpec
     from vla.robot.safety import SafetyConfig, SafetyLayer
     from vla.robot.stitching import ChunkStitcher, StitchConfig
 

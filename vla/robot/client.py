@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from vla.robot import protocol
 from vla.robot.msgpack_numpy import packb, unpackb
-from vla.robot.protocol import InvalidObservation, ObservationSpec, RequestOptions
+from vla.robot.protocol import InvalidObservation, RequestOptions, RequestSpec
 
 __all__ = ["InvalidObservation", "PolicyClient", "ServerError"]
 
@@ -65,10 +65,10 @@ class PolicyClient:
         self._connect()
 
     @property
-    def spec(self) -> ObservationSpec | None:
+    def spec(self) -> RequestSpec | None:
         """What the server's model reads, or None for a server that does not say (e.g. openpi)."""
-        payload = self.metadata.get("observation")
-        return ObservationSpec.from_dict(payload) if isinstance(payload, Mapping) else None
+        payload = self.metadata.get("request")
+        return RequestSpec.from_dict(payload) if isinstance(payload, Mapping) else None
 
     def _connect(self) -> ClientConnection:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None

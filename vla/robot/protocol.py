@@ -21,7 +21,7 @@ answered in-band: a message over the size limit closes the connection with code 
 the frame is never read, which is the point of the limit), and a bad token refuses the handshake
 with HTTP 401.
 
-`ObservationSpec.validate` is shared by the server (which must refuse anything malformed before
+`RequestSpec.validate` is shared by the server (which must refuse anything malformed before
 it reaches the model) and the client (which can fail fast, before a network round trip).
 """
 
@@ -98,8 +98,11 @@ class RequestOptions:
 
 
 @dataclass(frozen=True)
-class ObservationSpec:
-    """What one observation must hold, in the model's key names.
+class RequestSpec:
+    """What one request must hold, in the model's key names: the wire-level check the server runs
+    before queueing and the client runs before sending. (The checkpoint's camera resolutions are
+    `data.schema.ObservationSpec`, served beside it as metadata "observation"; the policy's image
+    step resizes or refuses other shapes.)
 
     `key_map` renames a robot's keys to ours (e.g. {"observation/image":
     "observation.images.agentview", "prompt": "task"}) before anything is checked. Keys the spec
@@ -128,7 +131,7 @@ class ObservationSpec:
         }
 
     @classmethod
-    def from_dict(cls, payload: Mapping[str, Any]) -> ObservationSpec:
+    def from_dict(cls, payload: Mapping[str, Any]) -> RequestSpec:
         return cls(
             image_keys=tuple(payload["image_keys"]),
             state_dim=int(payload["state_dim"]),

@@ -48,9 +48,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from vla.policy import ReasoningUnavailableError, VLAPolicy
+from vla.processor import ObservationMismatchError
 from vla.robot import protocol
 from vla.robot.msgpack_numpy import DecodeError, packb, unpackb
-from vla.robot.protocol import InvalidObservation, ObservationSpec, RequestOptions
+from vla.robot.protocol import InvalidObservation, RequestOptions, RequestSpec
 
 log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -108,13 +109,13 @@ class PolicyServer:
         self.config = config or ServerConfig()
         model_config = policy.config
         # The server's key map first, then the checkpoint's own (its processor's) key map.
-        own_map = dict(policy.processor.processor.key_map)
+        own_map = dict(policy.processor.settings.key_map)
         key_map = dict(own_map)
         key_map.update(
             {robot: own_map.get(ours, ours) for robot, ours in self.config.key_map.items()}
         )
-        self.spec = ObservationSpec(
-            image_keys=tuple(f"observation.images.{camera}" for camera in model_config.cameras),
+        self.spec = RequestSpec(
+            image_keys=policy.processor.observation_spec.image_keys,
             state_dim=model_config.state_dim,
             key_map=key_map,
         )
@@ -141,7 +142,9 @@ class PolicyServer:
             "action_horizon": config.action_horizon,
             "action_dim": config.action_dim,
             "cameras": list(config.cameras),
-            "observation": self.spec.to_dict(),
+            # the checkpoint's cameras at their trained resolution, as config.json holds them
+            "observation": self.policy.processor.observation_spec.to_dict(),
+            "request": self.spec.to_dict(),  # what a request must hold (keys, limits)
             "can_reason": self.policy.can_reason,  # False: think/reasoning get `unsupported`
             "max_message_bytes": self.config.max_message_bytes,
             "max_batch": self.config.max_batch,
@@ -255,6 +258,8 @@ class PolicyServer:
             reply = await pending.future
         except ReasoningUnavailableError as error:  # think/reuse asked of an act-only checkpoint
             return self._error(protocol.UNSUPPORTED, str(error))
+        except ObservationMismatchError as error:  # e.g. a camera at another aspect ratio
+            return self._error(protocol.INVALID_OBSERVATION, str(error))
         except Exception as error:  # a model failure on a validated observation
             log.exception("inference failed")
             return self._error(

@@ -18,7 +18,6 @@ from typing import Any
 
 import yaml
 
-from data.schema import DEFAULT_CAMERA_RESOLUTION
 from vla.processor import ProcessorConfig
 
 
@@ -84,9 +83,9 @@ class EvalSection:
     episodes_per_task: int = 10  # init states 0..N-1 of every task
     num_envs: int = 2
     videos_per_task: int = 1  # the first episodes of each task are filmed and logged
-    # the sim's render size for periodic evaluation: the training dataset's resolution (what
-    # vla.training.run.training_observation_spec reads from its info.json) or the same aspect ratio
-    image_size: int = DEFAULT_CAMERA_RESOLUTION[0]
+    # the sim's render size for periodic evaluation; None: the training dataset's resolution
+    # (from its info.json), which is what the exported checkpoint's observation spec records
+    image_size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from data.features import observation_spec
 from data.reader import LeRobotDatasetReader
-from data.schema import ACTION_KEY, REASONING_TEXT_FIELDS, ObservationSpec
+from data.schema import ACTION_KEY, REASONING_FIELDS, REASONING_TEXT_FIELDS, ObservationSpec
 from vla.checkpoint import save_checkpoint
 from vla.config import VLAConfig
 from vla.processor import Processor
@@ -152,8 +152,17 @@ def train(
             observation_spec=spec,
             tokenizer_dir=run_dir / "tokenizer",
             train_config=config.to_dict(),
+            reasoning_trained=trains_reasoning(config, reader),
         )
     return export_dir
+
+
+def trains_reasoning(config: TrainConfig, reader: LeRobotDatasetReader) -> bool:
+    """Whether some training sample carries a reasoning target: the dataset has reasoning labels
+    and reasoning dropout leaves some chains in. The export records it, so a checkpoint that
+    never saw a chain of thought refuses to write one instead of decoding garbage."""
+    has_labels = any(field in reader.features for field in REASONING_FIELDS)
+    return has_labels and config.processor.reasoning_dropout < 1.0
 
 
 def _strategy(config: TrainConfig) -> str:
