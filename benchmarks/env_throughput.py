@@ -23,19 +23,20 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from common import machine_description  # noqa: E402
 
 import sim  # noqa: E402
+from data.schema import ACTION_DIM, DEFAULT_CAMERA_RESOLUTION, image_key  # noqa: E402
 
 
 def steps_per_second(suite: str, task: int, steps: int, size: int, **config: object) -> float:
     env = sim.make(suite, task, image_size=(size, size), **config)
     env.reset(options={"init_state": 0})
     rng = np.random.default_rng(0)
-    actions = rng.uniform(-0.3, 0.3, (steps, 7)).astype(np.float32)
+    actions = rng.uniform(-0.3, 0.3, (steps, ACTION_DIM)).astype(np.float32)
     env.step(actions[0])  # warm-up
     start = time.perf_counter()
     for action in actions:
         observation = env.step(action)[0]
         if config.get("render_images", True):
-            assert observation["observation.images.wrist"].shape == (size, size, 3)
+            assert observation[image_key("wrist")].shape == (size, size, 3)
     elapsed = time.perf_counter() - start
     env.close()
     return steps / elapsed
@@ -46,7 +47,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=DEFAULT_CAMERA_RESOLUTION[0])  # square
     args = parser.parse_args()
     print(f"machine: {machine_description()}")
     print(f"{args.steps} steps, both cameras at {args.size}x{args.size}, random actions\n")

@@ -29,11 +29,22 @@ from common import machine_description, rate  # noqa: E402
 from data.features import default_features  # noqa: E402
 from data.reader import LeRobotDatasetReader, decode_image  # noqa: E402
 from data.reasoning import Reasoning  # noqa: E402
+from data.schema import (  # noqa: E402
+    ACTION_DIM,
+    ACTION_KEY,
+    DEFAULT_CAMERA_RESOLUTION,
+    STATE_DIM,
+    STATE_KEY,
+    TASK_KEY,
+    image_key,
+)
 from data.torch_dataset import ActionChunkDataset  # noqa: E402
 from data.writer import LeRobotDatasetWriter  # noqa: E402
 
+FRAME_SIZE = DEFAULT_CAMERA_RESOLUTION[0]  # square frames, the size default_features stores
 
-def scene_frames(length: int, seed: int, size: int = 128) -> np.ndarray:
+
+def scene_frames(length: int, seed: int, size: int = FRAME_SIZE) -> np.ndarray:
     """A table-top-like picture: smooth background and a few moving coloured blocks."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size]
@@ -59,10 +70,10 @@ def build(root: Path, episodes: int, length: int, video: bool) -> None:
         rng = np.random.default_rng(seed)
         writer.add_episode(
             {
-                "observation.images.agentview": scene_frames(length, seed),
-                "observation.images.wrist": scene_frames(length, seed + 1000),
-                "observation.state": rng.normal(size=(length, 8)).astype(np.float32),
-                "action": rng.uniform(-1, 1, (length, 7)).astype(np.float32),
+                image_key("agentview"): scene_frames(length, seed),
+                image_key("wrist"): scene_frames(length, seed + 1000),
+                STATE_KEY: rng.normal(size=(length, STATE_DIM)).astype(np.float32),
+                ACTION_KEY: rng.uniform(-1, 1, (length, ACTION_DIM)).astype(np.float32),
                 **{key: [value] * length for key, value in reasoning.items()},
             },
             task=f"task {seed % 4}",
@@ -77,9 +88,9 @@ def naive_sample(reader: LeRobotDatasetReader, row: int, horizon: int) -> dict[s
         pc.and_(pc.greater_equal(table["index"], row), pc.less(table["index"], row + horizon))
     )
     return {
-        "action": np.stack(rows["action"].to_pylist()),
-        "agentview": decode_image(rows["observation.images.agentview"][0]["bytes"].as_py()),
-        "wrist": decode_image(rows["observation.images.wrist"][0]["bytes"].as_py()),
+        ACTION_KEY: np.stack(rows[ACTION_KEY].to_pylist()),
+        "agentview": decode_image(rows[image_key("agentview")][0]["bytes"].as_py()),
+        "wrist": decode_image(rows[image_key("wrist")][0]["bytes"].as_py()),
     }
 
 
@@ -110,7 +121,7 @@ def measure(name: str, dataset: ActionChunkDataset, batch_size: int) -> dict[str
     )
 
     def with_workers() -> int:
-        return sum(len(batch["task"]) for batch in loader)
+        return sum(len(batch[TASK_KEY]) for batch in loader)
 
     return {
         f"{name}: 1 process": rate(single_process),
@@ -130,7 +141,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"machine: {machine_description()}")
     print(
-        f"dataset: {args.episodes} episodes x {args.length} frames, 2 cameras 128x128, horizon {args.horizon}"
+        f"dataset: {args.episodes} episodes x {args.length} frames, 2 cameras {FRAME_SIZE}x{FRAME_SIZE}, horizon {args.horizon}"
     )
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as scratch:

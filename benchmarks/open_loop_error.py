@@ -16,15 +16,11 @@ import sys
 import numpy as np
 import torch
 
+from data.schema import ACTION_KEY, DEFAULT_CAMERAS, STATE_KEY, TASK_KEY, image_key
 from data.torch_dataset import ActionChunkDataset
 from vla.policy import VLAPolicy
 
-OBSERVATION_KEYS = (
-    "observation.images.agentview",
-    "observation.images.wrist",
-    "observation.state",
-    "task",
-)
+OBSERVATION_KEYS = (*map(image_key, DEFAULT_CAMERAS), STATE_KEY, TASK_KEY)
 
 
 def main() -> int:
@@ -39,17 +35,14 @@ def main() -> int:
     errors, magnitudes = [], []
     for index in np.random.default_rng(0).choice(len(samples), args.frames, replace=False):
         sample = samples[int(index)]
+        # Images come H x W x 3, the layout of an observation (data/torch_dataset.py).
         observation = {
-            key: sample[key].permute(1, 2, 0).numpy()
-            if key.startswith("observation.images")
-            else sample[key].numpy()
-            if torch.is_tensor(sample[key])
-            else sample[key]
+            key: sample[key].numpy() if torch.is_tensor(sample[key]) else sample[key]
             for key in OBSERVATION_KEYS
         }
         torch.manual_seed(0)
         predicted = policy.infer(observation)["actions"][0][: args.steps, :6]  # (steps, 6)
-        demonstrated = sample["action"].numpy()[: args.steps, :6]
+        demonstrated = sample[ACTION_KEY].numpy()[: args.steps, :6]
         errors.append(np.abs(predicted - demonstrated).mean())
         magnitudes.append(np.abs(demonstrated).mean())
     print(

@@ -59,6 +59,7 @@ from rich.progress import (
 from data import layout
 from data.features import Feature, default_features
 from data.reader import LeRobotDatasetReader
+from data.schema import ACTION_KEY, STATE_KEY, image_key
 from data.writer import LeRobotDatasetWriter
 
 LIBERO_FPS = 20
@@ -67,8 +68,8 @@ SOURCES_FORMAT_VERSION = 1
 
 # Our feature key -> LIBERO key, for the two cameras.
 CAMERA_SOURCES = {
-    "observation.images.agentview": "obs/agentview_rgb",
-    "observation.images.wrist": "obs/eye_in_hand_rgb",
+    image_key("agentview"): "obs/agentview_rgb",
+    image_key("wrist"): "obs/eye_in_hand_rgb",
 }
 # LIBERO vector keys the conversion reads -> number of values per step.
 VECTOR_WIDTHS = {"actions": 7, "obs/ee_states": 6, "obs/gripper_states": 2}
@@ -193,7 +194,7 @@ def _inspect_file(path: Path) -> _SourceFile:
         demos = _demo_names(path, data)
         for demo in demos:
             _check_demo(path, demo, data[demo])
-        agentview_shape = data[demos[0]][CAMERA_SOURCES["observation.images.agentview"]].shape
+        agentview_shape = data[demos[0]][CAMERA_SOURCES[image_key("agentview")]].shape
         return _SourceFile(
             path=path,
             task=_task_text(path, data),
@@ -344,10 +345,8 @@ def _convert_demo(
                 f"{path}: data/{demo}/{key} holds NaN/Inf (or exceeds float32) at step {row}"
             )
     columns: dict[str, np.ndarray] = {
-        "observation.state": np.concatenate(
-            [parts["obs/ee_states"], parts["obs/gripper_states"]], axis=1
-        ),
-        "action": parts["actions"],
+        STATE_KEY: np.concatenate([parts["obs/ee_states"], parts["obs/gripper_states"]], axis=1),
+        ACTION_KEY: parts["actions"],
     }
     for feature_key, source_key in CAMERA_SOURCES.items():
         columns[feature_key] = _upright(group[source_key][()], image_size)

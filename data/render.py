@@ -35,11 +35,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from data.reader import DatasetError, Episode, LeRobotDatasetReader
-from data.reasoning import FRAME_KEYS, Reasoning
+from data.reasoning import Reasoning
+from data.schema import IMAGE_KEY_PREFIX, REASONING_FIELDS, image_key
 from data.video import encode_video
 
 __all__ = [
-    "CAMERA_PREFIX",
     "GRIPPER_COLOR",
     "LABELLED_CAMERA",
     "OBJECT_PALETTE",
@@ -58,7 +58,6 @@ __all__ = [
 RGB = tuple[int, int, int]
 Box = tuple[int, int, int, int]  # inclusive output pixel bounds (left, top, right, bottom)
 
-CAMERA_PREFIX = "observation.images."
 LABELLED_CAMERA = "agentview"
 """The camera whose pixels ``reasoning.gripper_px`` and ``reasoning.objects`` are measured in."""
 
@@ -105,7 +104,7 @@ def render_episode(
     episode: int,
     out: Path,
     *,
-    camera: str = "agentview",
+    camera: str = LABELLED_CAMERA,
     scale: int = 4,
     fps: int | None = None,
 ) -> RenderSummary:
@@ -150,7 +149,7 @@ def save_frame_png(
     frame: int,
     out: Path,
     *,
-    camera: str = "agentview",
+    camera: str = LABELLED_CAMERA,
     scale: int = 4,
 ) -> Path:
     """Write one annotated frame as a lossless PNG (for docs, bug reports, and exact checks).
@@ -289,10 +288,10 @@ def _find_episode(reader: LeRobotDatasetReader, episode: int) -> Episode:
 def _camera_key(reader: LeRobotDatasetReader, camera: str) -> str:
     """Accept a short camera name ("agentview") or the full feature key."""
     visual = reader.visual_keys
-    for key in (camera, CAMERA_PREFIX + camera):
+    for key in (camera, image_key(camera)):
         if key in visual:
             return key
-    names = [key.removeprefix(CAMERA_PREFIX) for key in visual]
+    names = [key.removeprefix(IMAGE_KEY_PREFIX) for key in visual]
     available = ", ".join(names) if names else "none (the dataset has no image or video features)"
     raise DatasetError(f"{reader.root}: unknown camera {camera!r}; available cameras: {available}")
 
@@ -316,7 +315,7 @@ def _episode_image(
 def _episode_labels(reader: LeRobotDatasetReader, record: Episode, key: str) -> list[Reasoning]:
     """Per-frame reasoning; geometry is dropped for cameras it was not measured in."""
     rows = reader.table.slice(record.from_index, record.length)
-    present = [name for name in FRAME_KEYS if name in rows.column_names]
+    present = [name for name in REASONING_FIELDS if name in rows.column_names]
     columns = {name: rows[name].to_pylist() for name in present}
     labels = []
     for frame in range(record.length):
@@ -327,7 +326,7 @@ def _episode_labels(reader: LeRobotDatasetReader, record: Episode, key: str) -> 
                 f"{record.data_path}: episode {record.index} frame {frame} has malformed "
                 f"reasoning labels: {error}"
             ) from error
-        if key != CAMERA_PREFIX + LABELLED_CAMERA:
+        if key != image_key(LABELLED_CAMERA):
             label = dataclasses.replace(label, gripper_px=(), objects=())
         labels.append(label)
     return labels

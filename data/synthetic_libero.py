@@ -24,6 +24,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from data.schema import DEFAULT_CAMERA_RESOLUTION
+
 MARKER_SIZE = 8
 AGENTVIEW_MARKER_COLOR = (255, 0, 0)
 WRIST_MARKER_COLOR = (0, 255, 0)
@@ -38,7 +40,7 @@ def write_synthetic_libero_hdf5(
     length: int | Sequence[int] = 12,
     seed: int = 0,
     instruction: str = "put the bowl on the plate",
-    image_size: tuple[int, int] = (128, 128),
+    image_size: tuple[int, int] = DEFAULT_CAMERA_RESOLUTION,
 ) -> Path:
     """Write a LIBERO-shaped demonstration file and return its path.
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from data.cli import build_parser, run_data_command
+from data.schema import DEFAULT_CAMERA_RESOLUTION
 
 
 def add_sim_commands(commands: argparse._SubParsersAction) -> None:
@@ -30,7 +31,11 @@ def add_sim_commands(commands: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="selects the stream of training scenes"
     )
     generate.add_argument(
-        "--image-size", type=int, nargs=2, default=(128, 128), metavar=("HEIGHT", "WIDTH")
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=DEFAULT_CAMERA_RESOLUTION,
+        metavar=("HEIGHT", "WIDTH"),
     )
     generate.add_argument(
         "--video", action="store_true", help="store cameras as mp4 instead of PNG"

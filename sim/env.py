@@ -17,6 +17,7 @@ import mujoco
 import numpy as np
 from robosuite.utils import transform_utils
 
+from data.schema import DEFAULT_CAMERA_RESOLUTION, STATE_KEY, TASK_KEY, image_key
 from sim.base_env import NO_OP_ACTION, SETTLE_STEPS, SimEnv
 from sim.camera import CameraRig
 from sim.objects import (
@@ -46,7 +47,7 @@ class TabletopEnv(SimEnv):
         self,
         task: TaskSpec,
         task_id: int = 0,
-        image_size: tuple[int, int] = (128, 128),
+        image_size: tuple[int, int] = DEFAULT_CAMERA_RESOLUTION,
         max_episode_steps: int = 300,
         render_mode: str = "rgb_array",
         render_images: bool = True,
@@ -124,14 +125,12 @@ class TabletopEnv(SimEnv):
     # ------------------------------------------------------------------ observations
     def _observation(self) -> dict[str, Any]:
         observation: dict[str, Any] = {
-            "observation.state": self.proprio_state(),
-            "task": self.task_description,
+            STATE_KEY: self.proprio_state(),
+            TASK_KEY: self.task_description,
         }
         if self.render_images:
             for camera, mujoco_camera in CAMERAS.items():
-                observation[f"observation.images.{camera}"] = self.cameras.render(
-                    self.data, mujoco_camera
-                )
+                observation[image_key(camera)] = self.cameras.render(self.data, mujoco_camera)
         return observation
 
     def proprio_state(self) -> np.ndarray:

@@ -35,6 +35,13 @@ from rich.progress import (
 
 from data import layout
 from data.features import default_features
+from data.schema import (
+    ACTION_KEY,
+    DEFAULT_CAMERA_RESOLUTION,
+    DEFAULT_CAMERAS,
+    STATE_KEY,
+    image_key,
+)
 from data.writer import LeRobotDatasetWriter
 
 SEED_STRIDE = 1_000_003
@@ -47,7 +54,7 @@ class GenerationConfig:
     suite: str
     episodes_per_task: int
     seed: int = 0
-    image_size: tuple[int, int] = (128, 128)
+    image_size: tuple[int, int] = DEFAULT_CAMERA_RESOLUTION
     video: bool = False
     tasks: tuple[str, ...] = ()  # empty: every task of the suite
     max_attempts_factor: int = 3  # give up on a task after factor * N + 10 attempts
@@ -101,16 +108,12 @@ def run_expert_episode(job: EpisodeJob) -> ExpertEpisode:
 
     def record(observation: dict[str, Any], step: ExpertStep) -> None:
         labeler.record(step.action, step.subtask_index)
-        for key_name in (
-            "observation.images.agentview",
-            "observation.images.wrist",
-            "observation.state",
-        ):
+        for key_name in (*map(image_key, DEFAULT_CAMERAS), STATE_KEY):
             frames[key_name].append(observation[key_name])
-        frames["action"].append(step.action)
+        frames[ACTION_KEY].append(step.action)
 
     success = rollout(env, job.seed, scene_seed=job.seed, before_step=record)
-    length = len(frames["action"])
+    length = len(frames[ACTION_KEY])
     if not success:
         return ExpertEpisode(job.task, job.seed, False, length)
     columns = {key_name: np.stack(values) for key_name, values in frames.items()}

@@ -14,12 +14,13 @@ import mujoco
 import numpy as np
 
 from data.reasoning import ObjectBox, Reasoning
+from data.schema import GRIPPER_TRACE_POINTS
 from sim.camera import project
 from sim.env import CAMERAS, TabletopEnv
 
 MOTION_THRESHOLD = 0.15  # |action| (of 1.0 = 5 cm/step) below which an axis counts as still
 GRIPPER_LABEL_STEPS = 8  # frames after a gripper command flips that are "close/open gripper"
-TRACE_LENGTH = 5  # current + next 4 gripper positions
+TRACE_LENGTH = GRIPPER_TRACE_POINTS  # current + next 4 gripper positions
 
 
 def motion_primitive(action: np.ndarray, steps_since_gripper_flip: int | None) -> str:

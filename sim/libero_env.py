@@ -59,6 +59,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from data.schema import DEFAULT_CAMERA_RESOLUTION, STATE_KEY, TASK_KEY, image_key
 from sim.base_env import NO_OP_ACTION, SETTLE_STEPS, SimEnv
 from sim.registry import SuiteSpec, UnknownNameError, did_you_mean, register_suite
 from sim.spaces import action_space, observation_space
@@ -74,8 +75,8 @@ SUITE_MAX_EPISODE_STEPS = {
 INSTALL_HINT = "pip install -e '.[libero]'"
 # Our observation key -> robosuite's (upside-down) camera observation.
 IMAGE_KEYS = {
-    "observation.images.agentview": "agentview_image",
-    "observation.images.wrist": "robot0_eye_in_hand_image",
+    image_key("agentview"): "agentview_image",
+    image_key("wrist"): "robot0_eye_in_hand_image",
 }
 
 
@@ -183,7 +184,7 @@ class LiberoEnv(SimEnv):
         self,
         suite: str,
         task: str | int,
-        image_size: int | tuple[int, int] = (128, 128),
+        image_size: int | tuple[int, int] = DEFAULT_CAMERA_RESOLUTION,
         seed: int = 0,
         max_episode_steps: int | None = None,
         settle_steps: int = SETTLE_STEPS,
@@ -261,7 +262,7 @@ class LiberoEnv(SimEnv):
         """The upright agentview frame of the last reset/step: already rendered, not drawn again."""
         if self._observation is None:
             raise RuntimeError("call reset() before render()")
-        return self._observation["observation.images.agentview"].copy()
+        return self._observation[image_key("agentview")].copy()
 
     def close(self) -> None:
         """Free the MuJoCo sim and its OpenGL context now rather than at interpreter exit."""
@@ -293,8 +294,8 @@ class LiberoEnv(SimEnv):
     def _observe(self, raw: dict[str, Any]) -> dict[str, Any]:
         self.raw_observation = raw
         observation = {key: _upright(raw[raw_key]) for key, raw_key in IMAGE_KEYS.items()}
-        observation["observation.state"] = proprio_state(raw)
-        observation["task"] = self.task_description
+        observation[STATE_KEY] = proprio_state(raw)
+        observation[TASK_KEY] = self.task_description
         self._observation = observation
         return observation
 

@@ -21,10 +21,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from data.schema import DEFAULT_CAMERA_RESOLUTION, image_key
 from sim.catalog import get_suite, make
 
 EXPERT_ACTION_KEY = "expert.action"
-AGENTVIEW_KEY = "observation.images.agentview"  # the camera that videos film
+AGENTVIEW_KEY = image_key("agentview")  # the camera that videos film
 
 
 class SuiteEnv(gym.Env):
@@ -34,7 +35,7 @@ class SuiteEnv(gym.Env):
         self,
         suite: str,
         *,
-        image_size: tuple[int, int] = (128, 128),
+        image_size: tuple[int, int] = DEFAULT_CAMERA_RESOLUTION,
         oracle_expert: bool = False,
         render_images: bool = True,
         max_cached_envs: int = 2,
