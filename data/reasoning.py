@@ -54,12 +54,10 @@ from data.schema import (
     MOVE_KEY,
     OBJECTS_KEY,
     PLAN_KEY,
-    REASONING_FIELDS,
     SUBTASK_KEY,
 )
 
 __all__ = [
-    "FRAME_KEYS",
     "GRIPPER_POINTS",
     "REASONING_TAGS",
     "UNKNOWN_PX",
@@ -72,10 +70,6 @@ __all__ = [
 
 REASONING_TAGS = ("plan", "subtask", "move", "gripper", "objects")
 """Tags in canonical order; ``include`` in ``format_reasoning`` selects among these."""
-
-FRAME_KEYS = REASONING_FIELDS
-"""The per-frame dataset columns produced by ``Reasoning.to_frame`` (data/schema.py's list;
-this name stays for existing importers)."""
 
 GRIPPER_POINTS = GRIPPER_TRACE_POINTS
 """Current gripper position plus the next 4."""

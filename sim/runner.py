@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from data.schema import DEFAULT_CAMERA_RESOLUTION
 from sim.catalog import get_suite
 from sim.metrics import EvalMetrics, RolloutResult
 from sim.suite_env import AGENTVIEW_KEY, SuiteEnv, build_suite_env
@@ -123,7 +124,7 @@ class EnvRunner:
         episodes_per_task: int = 50,
         scenes: str = "eval",
         num_envs: int = 2,
-        image_size: tuple[int, int] = (128, 128),
+        image_size: tuple[int, int] = DEFAULT_CAMERA_RESOLUTION,
         oracle_expert: bool = False,
         render_images: bool = True,
         video_episodes_per_task: int = 0,
