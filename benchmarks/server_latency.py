@@ -20,19 +20,60 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import machine_description  # noqa: E402
-from test_policy import observation  # noqa: E402
-from test_serving import HORIZON, save_tiny_checkpoint  # noqa: E402
 
+from data.schema import STATE_KEY, TASK_KEY, ObservationSpec  # noqa: E402
+from data.stats import compute_stats  # noqa: E402
+from vla.checkpoint import save_checkpoint  # noqa: E402
 from vla.cli import start_server_process, stop_server_process  # noqa: E402
+from vla.config import VLAConfig  # noqa: E402
+from vla.model import VLAModel  # noqa: E402
+from vla.processor import ProcessorConfig  # noqa: E402
 from vla.robot import PolicyClient  # noqa: E402
 from vla.robot.msgpack_numpy import packb, unpackb  # noqa: E402
+from vla.tokenizer import train_tokenizer  # noqa: E402
+
+HORIZON = 8
+TASK = "put the red cube on the plate"  # the quickstart's task 0
 
 
-def measure(address: str, clients: int, seconds: float, image_size: int) -> dict[str, float]:
+def save_random_checkpoint(directory: Path, spec: ObservationSpec) -> Path:
+    """The tiny config with random weights, exported as training exports a checkpoint, its
+    cameras recorded at the benchmark's resolution so the server takes the requests as sent."""
+    torch.manual_seed(0)
+    config = VLAConfig.named("tiny", action_horizon=HORIZON)
+    rng = np.random.default_rng(0)
+    stats = compute_stats(
+        {
+            STATE_KEY: rng.normal(size=(1000, config.state_dim)),
+            "action": rng.uniform(-1, 1, size=(1000, config.action_dim)),
+        }
+    )
+    train_tokenizer([TASK], vocab_size=512).save_pretrained(directory / "tokenizer")
+    return save_checkpoint(
+        directory / "checkpoint",
+        VLAModel(config).eval(),
+        config,
+        stats,
+        processor=ProcessorConfig().to_dict(),
+        observation_spec=spec,
+        tokenizer_dir=directory / "tokenizer",
+    )
+
+
+def random_observation(spec: ObservationSpec, seed: int) -> dict[str, object]:
+    """What a robot sends: a random uint8 frame per camera of `spec`, the state, the task."""
+    rng = np.random.default_rng(seed)
+    frames = {
+        camera.key: rng.integers(0, 256, camera.shape, dtype=np.uint8) for camera in spec.cameras
+    }
+    return {**frames, STATE_KEY: rng.normal(size=spec.state_dim).astype(np.float32), TASK_KEY: TASK}
+
+
+def measure(address: str, clients: int, seconds: float, spec: ObservationSpec) -> dict[str, float]:
     """Round trips of `clients` concurrent connections for `seconds` (after one warm-up each)."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     batch_sizes: list[int] = []
@@ -47,7 +88,7 @@ def measure(address: str, clients: int, seconds: float, image_size: int) -> dict
     barrier = threading.Barrier(clients + 1, action=open_window)
 
     def work(index: int) -> None:
-        obs = observation(index, size=image_size)
+        obs = random_observation(spec, seed=index)
         try:
             with PolicyClient(address) as client:
                 client.infer(obs)  # warm-up
@@ -90,7 +131,10 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     args = parser.parse_args()
     print(f"machine: {machine_description()}")
-    obs = observation(0, size=args.image_size)
+    spec = ObservationSpec.uniform(
+        VLAConfig.named("tiny").cameras, (args.image_size, args.image_size)
+    )
+    obs = random_observation(spec, seed=0)
     message = packb(obs)
     codec = min(
         _timed(lambda: unpackb(packb(obs))) for _ in range(20)
@@ -110,12 +154,12 @@ def main() -> None:
     }
     results = {}
     with tempfile.TemporaryDirectory() as directory:
-        checkpoint = save_tiny_checkpoint(Path(directory))
+        checkpoint = save_random_checkpoint(Path(directory), spec)
         for name, extra in variants.items():
             process, address = start_server_process(checkpoint, extra_args=extra)
             try:
                 for clients in (1, 8):
-                    result = measure(address, clients, args.seconds, args.image_size)
+                    result = measure(address, clients, args.seconds, spec)
                     results[name, clients] = result
                     print(
                         f"{name:45s} {clients} client(s): p50 {result['p50']:7.1f} ms  "

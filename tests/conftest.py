@@ -1,10 +1,18 @@
-"""Shared fixtures: small datasets built from deterministic random frames."""
+"""Shared factories and fixtures: small datasets built from deterministic random frames, fake
+model inputs and observations built from the config, and a tiny checkpoint served on loopback.
+
+Test modules import the plain functions with `from conftest import ...`; no test module imports
+another. Everything torch- or vla-side is imported inside the function that needs it, so data-only
+tests do not pay for it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -13,9 +21,21 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from data.features import default_features  # noqa: E402
 from data.reasoning import ObjectBox, Reasoning  # noqa: E402
+from data.schema import STATE_KEY, TASK_KEY, image_key  # noqa: E402
 from data.writer import LeRobotDatasetWriter  # noqa: E402
 
+if TYPE_CHECKING:
+    from vla.config import VLAConfig
+    from vla.model import ModelInputs
+    from vla.policy import VLAPolicy
+    from vla.serving.server import BackgroundServer
+
 EpisodeColumns = dict[str, list]
+
+# Instructions of the fake observations; a tokenizer trained on them knows every word.
+TASKS = ("put the red cube on the plate", "put the blue cube in the bowl")
+MAX_MESSAGE = 256 * 1024  # the message limit of the servers `running` starts
+TINY_HORIZON = 8  # the action horizon of `save_tiny_checkpoint`
 
 
 def make_episode(
@@ -77,6 +97,117 @@ def write_dataset(tmp_path: Path) -> Callable[..., tuple[Path, list[EpisodeColum
         return root, episodes
 
     return write
+
+
+# ====================================================================================== policy side
+def fake_inputs(
+    config: VLAConfig, batch: int = 3, text_lengths: tuple[int, ...] = (10, 24, 5), seed: int = 0
+) -> ModelInputs:
+    """Model inputs built from the config, with instructions of different lengths (padded)."""
+    import torch
+
+    from vla.model import ModelInputs
+
+    generator = torch.Generator().manual_seed(seed)
+    size = config.image_size
+    length = config.max_text_tokens
+    return ModelInputs(
+        images={
+            camera: torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+            for camera in config.cameras
+        },
+        text_ids=torch.randint(0, 500, (batch, length), generator=generator),
+        text_mask=torch.arange(length)[None] < torch.tensor(text_lengths[:batch])[:, None],
+        state=torch.randn(batch, config.state_dim, generator=generator),
+    )
+
+
+def dataset_stats() -> dict[str, dict[str, np.ndarray]]:
+    """Every statistic of state and action (mean/std, quantiles, ...), as a dataset's stats.json
+    holds them, from 1000 random frames that are neither centred nor unit scale."""
+    rng = np.random.default_rng(0)
+    stats = {}
+    for key, dim in ((STATE_KEY, 8), ("action", 7)):
+        values = rng.normal(0.5, 2.0, size=(1000, dim))
+        stats[key] = {
+            "mean": values.mean(0),
+            "std": values.std(0),
+            "min": values.min(0),
+            "max": values.max(0),
+            "q01": np.quantile(values, 0.01, 0),
+            "q99": np.quantile(values, 0.99, 0),
+            "count": np.array([1000]),
+        }
+    return stats
+
+
+def observation(
+    seed: int = 0, task: str = TASKS[0], size: int | tuple[int, int] = 96, **overrides: Any
+) -> dict[str, Any]:
+    """One raw observation as an env or a robot sends it: both cameras of the tiny config at
+    `size` (one side of a square, or (height, width)), the state and the instruction.
+
+    `overrides` replace or add keys, e.g. a wrong dtype for a test of the checks.
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    rng = np.random.default_rng(seed)
+    return {
+        **{
+            image_key(camera): rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            for camera in ("agentview", "wrist")
+        },
+        STATE_KEY: rng.normal(size=8).astype(np.float32),
+        TASK_KEY: task,
+        **overrides,
+    }
+
+
+def save_tiny_checkpoint(
+    directory: Path, reasoning_dropout: float = 0.5, action_horizon: int = TINY_HORIZON
+) -> Path:
+    """A tiny random-weight checkpoint under `directory`, written exactly as training exports one.
+
+    `reasoning_dropout=1.0` makes it an act-only checkpoint, one that must refuse to think.
+    """
+    import torch
+
+    from vla.checkpoint import save_checkpoint
+    from vla.config import VLAConfig
+    from vla.model import VLAModel
+    from vla.processor import ProcessorConfig
+    from vla.tokenizer import train_tokenizer
+
+    torch.manual_seed(0)
+    config = VLAConfig.named("tiny", action_horizon=action_horizon)
+    tokenizer = train_tokenizer(TASKS, vocab_size=512)
+    tokenizer.save_pretrained(directory / "tokenizer")
+    return save_checkpoint(
+        directory / "checkpoint",
+        VLAModel(config).eval(),
+        config,
+        dataset_stats(),
+        processor=ProcessorConfig(
+            action_norm="quantile", reasoning_dropout=reasoning_dropout
+        ).to_dict(),
+        tokenizer_dir=directory / "tokenizer",
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`save_tiny_checkpoint` with its defaults, once per test module."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"))
+
+
+@contextlib.contextmanager
+def running(policy: VLAPolicy, **config: Any) -> Iterator[BackgroundServer]:
+    """A policy server on a free loopback port (seed 0, MAX_MESSAGE) for the `with` block;
+    `config` overrides any ServerConfig field."""
+    from vla.serving.server import BackgroundServer, PolicyServer, ServerConfig
+
+    config = {"port": 0, "max_message_bytes": MAX_MESSAGE, "seed": 0, **config}
+    with BackgroundServer(PolicyServer(policy, ServerConfig(**config))) as server:
+        yield server
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,8 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from test_model import fake_inputs
-from test_policy import TASKS, dataset_stats, observation
+from conftest import TASKS, dataset_stats, fake_inputs, observation
 
 from data.reasoning import ObjectBox, Reasoning, format_reasoning
 from vla.config import VLAConfig

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fake_inputs
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_model import fake_inputs
 
 import vla.checkpoint as checkpoint
 from data.schema import CameraSpec, ObservationSpec

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import observation, running
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from test_serving import obs, running, save_tiny_checkpoint
 
 from vla.cli import start_server_process, stop_server_process
 from vla.policy import VLAPolicy
@@ -37,11 +37,7 @@ from vla.robot import (
 from vla.robot.controller import DEADLINE, NO_PLAN, PLAN, WAITING
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("controller"))
+IMAGE = 64  # camera resolution of the test observations (the tiny model's own size)
 
 
 # ====================================================================================== stitching
@@ -285,10 +281,10 @@ def test_by_default_the_controller_replans_on_the_chunkers_receding_horizon(hori
 
 
 def test_watchdog_stops_motion_within_one_period_when_the_server_process_is_paused(
-    checkpoint,
+    tiny_checkpoint,
 ) -> None:
     """`vla serve` in a child process, frozen with SIGSTOP while the controller runs at 20 Hz."""
-    process, address = start_server_process(checkpoint)
+    process, address = start_server_process(tiny_checkpoint)
     hz, deadline = 20.0, 0.25
     controller = None
     try:
@@ -296,14 +292,14 @@ def test_watchdog_stops_motion_within_one_period_when_the_server_process_is_paus
             PolicyClient(address),
             ControllerConfig(control_hz=hz, replan_every=2, deadline_s=deadline),
         )
-        observation = obs(0)
-        controller.start(observation)
+        robot_obs = observation(0, size=IMAGE)
+        controller.start(robot_obs)
         rate = Rate(hz)
 
         def run(seconds: float) -> None:
             end = time.monotonic() + seconds
             while time.monotonic() < end:
-                controller.act(observation)
+                controller.act(robot_obs)
                 rate.sleep()
 
         run(1.5)
@@ -338,25 +334,27 @@ def test_watchdog_stops_motion_within_one_period_when_the_server_process_is_paus
     assert any(tick.source == PLAN for tick in after), "motion resumes with fresh chunks"
 
 
-def test_start_reports_why_no_chunk_came(checkpoint) -> None:
-    with running(VLAPolicy.from_pretrained(checkpoint)) as server:
+def test_start_reports_why_no_chunk_came(tiny_checkpoint) -> None:
+    with running(VLAPolicy.from_pretrained(tiny_checkpoint)) as server:
         controller = Controller(PolicyClient(f"ws://127.0.0.1:{server.port}"), ControllerConfig())
         with pytest.raises(TimeoutError, match=r"lacks \['task'\]"):
-            controller.start({k: v for k, v in obs(0).items() if k != "task"}, timeout=1.0)
+            controller.start(
+                {k: v for k, v in observation(0, size=IMAGE).items() if k != "task"}, timeout=1.0
+            )
         assert controller.stats.request_errors >= 1
         controller.shutdown()
         assert not controller.worker_alive
 
 
 # ====================================================================================== demo
-def test_deploy_demo_runs_a_full_episode_through_server_and_controller(checkpoint) -> None:
+def test_deploy_demo_runs_a_full_episode_through_server_and_controller(tiny_checkpoint) -> None:
     steps = 30
     result = subprocess.run(
         [
             sys.executable,
             str(REPO / "deploy_demo.py"),
             "--checkpoint",
-            str(checkpoint),
+            str(tiny_checkpoint),
             "--max-episode-steps",
             str(steps),
             "--image-size",

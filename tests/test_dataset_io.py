@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_episode
+from PIL import Image
 
 from data import layout
 from data.features import default_features
@@ -326,6 +328,14 @@ def test_corrupted_image_bytes_are_reported(write_dataset) -> None:
 
 
 # ---------------------------------------------------------------------- v2.1
+def png_bytes(image: np.ndarray) -> bytes:
+    """One frame as an image column of a foreign dataset holds it: PNG, encoded here with PIL
+    rather than by our writer, so the reader is checked against files it did not write."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def write_v21(root: Path, episodes: list[dict], fps: int = 20) -> None:
     """The older layout the public LIBERO conversions use: a parquet per episode, jsonl metadata,
     and variable-length list columns as HF `datasets` writes them."""
@@ -354,16 +364,14 @@ def write_v21(root: Path, episodes: list[dict], fps: int = 20) -> None:
         lines.append(
             json.dumps({"episode_index": index, "tasks": ["stack the cubes"], "length": length})
         )
-        from data.writer import _encode_png
-
         table = pa.table(
             {
                 "observation.images.agentview": [
-                    {"bytes": _encode_png(i), "path": None}
+                    {"bytes": png_bytes(i), "path": None}
                     for i in episode["observation.images.agentview"]
                 ],
                 "observation.images.wrist": [
-                    {"bytes": _encode_png(i), "path": None}
+                    {"bytes": png_bytes(i), "path": None}
                     for i in episode["observation.images.wrist"]
                 ],
                 "observation.state": pa.array(

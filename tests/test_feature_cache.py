@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from test_model import fake_inputs
+from conftest import fake_inputs
 
 from vla.config import VLAConfig
 from vla.feature_cache import (

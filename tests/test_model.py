@@ -7,27 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fake_inputs
 
 from vla.config import NAMED_CONFIGS, VLAConfig
 from vla.model import ModelInputs, VLAModel
-
-
-def fake_inputs(
-    config: VLAConfig, batch: int = 3, text_lengths: tuple[int, ...] = (10, 24, 5), seed: int = 0
-) -> ModelInputs:
-    """Observations built from the config, with instructions of different lengths (padded)."""
-    generator = torch.Generator().manual_seed(seed)
-    size = config.image_size
-    length = config.max_text_tokens
-    return ModelInputs(
-        images={
-            camera: torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
-            for camera in config.cameras
-        },
-        text_ids=torch.randint(0, 500, (batch, length), generator=generator),
-        text_mask=torch.arange(length)[None] < torch.tensor(text_lengths[:batch])[:, None],
-        state=torch.randn(batch, config.state_dim, generator=generator),
-    )
 
 
 @pytest.fixture(scope="module", params=["flow", "diffusion"])

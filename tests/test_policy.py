@@ -6,41 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import TASKS, dataset_stats, observation
 
 from vla.config import VLAConfig
 from vla.model import VLAModel
 from vla.policy import ReasoningUnavailableError, VLAPolicy
 from vla.processor import Processor, ProcessorConfig
 from vla.tokenizer import train_tokenizer
-
-TASKS = ("put the red cube on the plate", "put the blue cube in the bowl")
-
-
-def dataset_stats() -> dict[str, dict[str, np.ndarray]]:
-    rng = np.random.default_rng(0)
-    stats = {}
-    for key, dim in (("observation.state", 8), ("action", 7)):
-        values = rng.normal(0.5, 2.0, size=(1000, dim))
-        stats[key] = {
-            "mean": values.mean(0),
-            "std": values.std(0),
-            "min": values.min(0),
-            "max": values.max(0),
-            "q01": np.quantile(values, 0.01, 0),
-            "q99": np.quantile(values, 0.99, 0),
-            "count": np.array([1000]),
-        }
-    return stats
-
-
-def observation(seed: int, task: str = TASKS[0], size: int = 96) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        "observation.images.agentview": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-        "observation.images.wrist": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-        "observation.state": rng.normal(size=8).astype(np.float32),
-        "task": task,
-    }
 
 
 class RecordingPolicy(VLAPolicy):

@@ -10,10 +10,10 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import TASKS, observation
 from torch.utils.data import DataLoader
 
 from data.schema import (
-    IMAGE_KEY_PREFIX,
     REASONING_FIELDS,
     STATE_KEY,
     TASK_KEY,
@@ -34,7 +34,8 @@ CONFIG = VLAConfig.named("tiny")  # image_size 64: the 32x32 dataset frames are 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(["task 0", "task 1"], vocab_size=512)
+    # the tasks of the written datasets and those of the fake observations
+    return train_tokenizer(["task 0", "task 1", *TASKS], vocab_size=512)
 
 
 def make_processor(
@@ -46,18 +47,6 @@ def make_processor(
         for key, dim in ((STATE_KEY, 8), ("action", 7))
     }
     return Processor(CONFIG, settings, stats, tokenizer, spec)
-
-
-def observation(size: tuple[int, int], seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        **{
-            f"{IMAGE_KEY_PREFIX}{camera}": rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-            for camera in CONFIG.cameras
-        },
-        STATE_KEY: rng.normal(size=8).astype(np.float32),
-        TASK_KEY: "task 0",
-    }
 
 
 def assert_identical(first, second) -> None:
@@ -124,7 +113,7 @@ def test_key_map_is_applied_once_for_both_paths(tokenizer) -> None:
     spec = ObservationSpec.uniform(CONFIG.cameras, (32, 32))
     settings = ProcessorConfig(key_map={"observation/image": "observation.images.agentview"})
     mapped = make_processor(tokenizer, spec, settings)
-    ours = observation((32, 32))
+    ours = observation(size=(32, 32))
     robot = rename_keys(ours, {"observation.images.agentview": "observation/image"})
     assert_identical(mapped.inputs([robot]), make_processor(tokenizer, spec).inputs([ours]))
     with pytest.raises(KeyError, match="both map to 'observation.images.agentview'"):
@@ -134,7 +123,7 @@ def test_key_map_is_applied_once_for_both_paths(tokenizer) -> None:
 # ====================================================================================== resolution
 def test_same_aspect_ratio_is_resized_with_one_note(tokenizer, caplog) -> None:
     processor = make_processor(tokenizer, ObservationSpec.uniform(CONFIG.cameras, (32, 32)))
-    large = observation((96, 96))
+    large = observation(size=(96, 96))
     with caplog.at_level(logging.WARNING, logger="vla.processor"):
         first = processor.inputs([large])
         processor.inputs([large])
@@ -148,17 +137,17 @@ def test_same_aspect_ratio_is_resized_with_one_note(tokenizer, caplog) -> None:
 def test_other_aspect_ratio_is_refused_naming_key_and_shapes(tokenizer) -> None:
     spec = ObservationSpec((CameraSpec("agentview", 96, 128), CameraSpec("wrist", 96, 128)))
     processor = make_processor(tokenizer, spec)
-    processor.inputs([observation((48, 64))])  # half size, same aspect: accepted
+    processor.inputs([observation(size=(48, 64))])  # half size, same aspect: accepted
     with pytest.raises(
         ValueError, match=r"observation\.images\.agentview.*\(96, 96, 3\).*\(96, 128, 3\)"
     ):
-        processor.inputs([observation((96, 96))])
-    floats = observation((96, 128))
+        processor.inputs([observation(size=(96, 96))])
+    floats = observation(size=(96, 128))
     floats["observation.images.wrist"] = floats["observation.images.wrist"].astype(np.float32)
     with pytest.raises(ValueError, match=r"observation\.images\.wrist: expected uint8.*float32"):
         processor.inputs([floats])
     with pytest.raises(ValueError, match=r"agentview: the observations of one call.*different"):
-        processor.inputs([observation((96, 128)), observation((48, 64))])
+        processor.inputs([observation(size=(96, 128)), observation(size=(48, 64))])
 
 
 def test_processor_refuses_a_spec_that_is_not_the_models(tokenizer) -> None:

@@ -5,7 +5,7 @@ Every server here serves a tiny checkpoint saved to disk and loaded back, as `vl
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import socket
 import threading
@@ -20,67 +20,24 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from conftest import MAX_MESSAGE, TINY_HORIZON, observation, running, save_tiny_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_policy import TASKS, dataset_stats, observation
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from vla.checkpoint import save_checkpoint
-from vla.config import VLAConfig
-from vla.model import VLAModel
 from vla.policy import VLAPolicy
-from vla.processor import ProcessorConfig
 from vla.robot import InvalidObservation, PolicyClient, ServerError, protocol
 from vla.robot.msgpack_numpy import DecodeError, packb, unpackb
-from vla.serving.server import BackgroundServer, PolicyServer, ServerConfig, reference_noise
-from vla.tokenizer import train_tokenizer
+from vla.serving.server import BackgroundServer, reference_noise
 
-HORIZON = 8
 IMAGE = 64  # camera resolution of the test observations (the tiny model's own size)
-MAX_MESSAGE = 256 * 1024
-
-
-def save_tiny_checkpoint(directory: Path, reasoning_dropout: float = 0.5) -> Path:
-    """A tiny random-weight checkpoint, written exactly as training exports one.
-
-    `reasoning_dropout=1.0` makes it an act-only checkpoint, one that must refuse to think.
-    """
-    torch.manual_seed(0)
-    config = VLAConfig.named("tiny", action_horizon=HORIZON)
-    tokenizer = train_tokenizer(TASKS, vocab_size=512)
-    tokenizer.save_pretrained(directory / "tokenizer")
-    return save_checkpoint(
-        directory / "checkpoint",
-        VLAModel(config).eval(),
-        config,
-        dataset_stats(),
-        processor=ProcessorConfig(
-            action_norm="quantile", reasoning_dropout=reasoning_dropout
-        ).to_dict(),
-        tokenizer_dir=directory / "tokenizer",
-    )
-
-
-def obs(seed: int = 0, **overrides: Any) -> dict[str, Any]:
-    return {**observation(seed, size=IMAGE), **overrides}
+obs = functools.partial(observation, size=IMAGE)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("serving"))
-
-
-@pytest.fixture(scope="module")
-def policy(checkpoint: Path) -> VLAPolicy:
-    return VLAPolicy.from_pretrained(checkpoint)
-
-
-@contextlib.contextmanager
-def running(policy: VLAPolicy, **config: Any) -> Iterator[BackgroundServer]:
-    config = {"port": 0, "max_message_bytes": MAX_MESSAGE, "seed": 0, **config}
-    with BackgroundServer(PolicyServer(policy, ServerConfig(**config))) as server:
-        yield server
+def policy(tiny_checkpoint: Path) -> VLAPolicy:
+    return VLAPolicy.from_pretrained(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +151,7 @@ def test_codec_decodes_any_bytes_or_raises_decode_error(data: bytes) -> None:
 def test_metadata_and_seeded_reply_is_the_policys_infer_dict(server, policy) -> None:
     with PolicyClient(uri(server)) as client:
         meta = client.metadata
-        assert meta["action_horizon"] == HORIZON and meta["action_dim"] == 7
+        assert meta["action_horizon"] == TINY_HORIZON and meta["action_dim"] == 7
         assert meta["can_reason"] is True
         assert meta["observation"]["image_keys"] == [
             "observation.images.agentview",
@@ -205,8 +162,8 @@ def test_metadata_and_seeded_reply_is_the_policys_infer_dict(server, policy) -> 
         again = client.infer(obs(1), seed=7)
         other = client.infer(obs(1), seed=8)
     actions = reply["actions"]
-    assert actions.shape == (HORIZON, 7) and actions.dtype == np.float32
-    expected = policy.infer([obs(1)], noise=reference_noise(7, HORIZON, 7))
+    assert actions.shape == (TINY_HORIZON, 7) and actions.dtype == np.float32
+    expected = policy.infer([obs(1)], noise=reference_noise(7, TINY_HORIZON, 7))
     np.testing.assert_array_equal(actions, expected["actions"][0])
     np.testing.assert_array_equal(again["actions"], actions)
     assert not np.allclose(other["actions"], actions), "the seed must select the noise"
@@ -218,7 +175,7 @@ def test_metadata_and_seeded_reply_is_the_policys_infer_dict(server, policy) -> 
 
 
 def test_think_and_reasoning_reuse_over_the_wire_match_the_policy(server, policy) -> None:
-    noise = reference_noise(5, HORIZON, 7)
+    noise = reference_noise(5, TINY_HORIZON, 7)
     with PolicyClient(uri(server)) as client:
         thought = client.infer(obs(1), seed=5, think=True)
         reused = client.infer(obs(1), seed=5, reasoning="PLAN: grasp cube. SUBTASK: grasp cube.")
@@ -259,11 +216,11 @@ def test_requests_of_different_kinds_in_one_batch_each_get_their_own_call(policy
     assert replies["act"]["reasoning"] is None and isinstance(replies["think"]["reasoning"], str)
     np.testing.assert_array_equal(
         replies["act"]["actions"],
-        policy.infer([obs(2)], noise=reference_noise(1, HORIZON, 7))["actions"][0],
+        policy.infer([obs(2)], noise=reference_noise(1, TINY_HORIZON, 7))["actions"][0],
     )
     np.testing.assert_array_equal(
         replies["think"]["actions"],
-        policy.infer([obs(3)], think=True, noise=reference_noise(2, HORIZON, 7))["actions"][0],
+        policy.infer([obs(3)], think=True, noise=reference_noise(2, TINY_HORIZON, 7))["actions"][0],
     )
 
 
@@ -276,7 +233,7 @@ def test_an_act_only_checkpoint_refuses_to_think_with_an_error_reply(tmp_path: P
                 client.infer(obs(4), **options)
             assert error.value.type == protocol.UNSUPPORTED
             assert "checkpoint" in error.value.message  # names what refused, and why
-        assert client.infer(obs(4))["actions"].shape == (HORIZON, 7), "still serving"
+        assert client.infer(obs(4))["actions"].shape == (TINY_HORIZON, 7), "still serving"
         stats = server.server.stats
     assert stats.errors[protocol.UNSUPPORTED] == 2 and stats.errors[protocol.INTERNAL] == 0
 
@@ -306,10 +263,10 @@ def test_health_check_and_token_authentication(policy) -> None:
             with pytest.raises(ConnectionRefusedError, match="HTTP 401"):
                 PolicyClient(uri(secured), token=token)
         with PolicyClient(uri(secured), token="s3cret") as client:
-            assert client.infer(obs(3))["actions"].shape == (HORIZON, 7)
+            assert client.infer(obs(3))["actions"].shape == (TINY_HORIZON, 7)
         # openpi's client sends "Api-Key <token>"
         with connect(uri(secured), additional_headers={"Authorization": "Api-Key s3cret"}) as ws:
-            assert unpackb(ws.recv(timeout=10))["action_horizon"] == HORIZON
+            assert unpackb(ws.recv(timeout=10))["action_horizon"] == TINY_HORIZON
         assert secured.server.stats.errors["unauthorized"] == 3
 
 
@@ -474,7 +431,7 @@ def test_fuzzed_malformed_requests_get_error_replies_and_serving_continues(polic
                 kinds[kind] = kinds.get(kind, 0) + 1
             # the same connection still serves a valid request
             ws.send(packb(obs(6)))
-            assert unpackb(ws.recv(timeout=30))["actions"].shape == (HORIZON, 7)
+            assert unpackb(ws.recv(timeout=30))["actions"].shape == (TINY_HORIZON, 7)
         assert sum(kinds.values()) == 1100 and len(kinds) == 17
 
         # oversize messages: the websocket layer closes with 1009 before buffering them
@@ -517,11 +474,11 @@ def test_unusual_but_valid_observations_are_served(server) -> None:
             obs(8, task="ünïcode ✓ " * 20, extra_key={"ignored": [1, 2]}),
         ):
             actions = client.infer(observation_)["actions"]
-            assert np.isfinite(actions).all() and actions.shape == (HORIZON, 7)
+            assert np.isfinite(actions).all() and actions.shape == (TINY_HORIZON, 7)
 
 
-def test_a_model_producing_nan_gets_an_error_reply_not_nan_actions(checkpoint) -> None:
-    broken = VLAPolicy.from_pretrained(checkpoint)
+def test_a_model_producing_nan_gets_an_error_reply_not_nan_actions(tiny_checkpoint) -> None:
+    broken = VLAPolicy.from_pretrained(tiny_checkpoint)
     with torch.no_grad():
         next(broken.model.parameters()).fill_(float("nan"))
     with running(broken) as server, PolicyClient(uri(server)) as client:
@@ -543,7 +500,7 @@ def hammer(address: str, clients: int, seconds: float) -> tuple[list[int], list[
             with PolicyClient(address) as client:
                 while time.monotonic() < stop:
                     actions = client.infer(obs(index))["actions"]
-                    if actions.shape != (HORIZON, 7) or not np.isfinite(actions).all():
+                    if actions.shape != (TINY_HORIZON, 7) or not np.isfinite(actions).all():
                         errors.append(f"client {index}: bad actions {actions.shape}")
                     counts[index] += 1
         except Exception as error:  # every failure counts
@@ -585,5 +542,5 @@ def test_client_disconnecting_mid_request_is_harmless(server) -> None:
         # (odd indices: a clean close handshake while the request is queued)
     time.sleep(0.5)  # let the orphaned requests finish on the server
     with PolicyClient(uri(server)) as client:
-        assert client.infer(obs(20))["actions"].shape == (HORIZON, 7)
+        assert client.infer(obs(20))["actions"].shape == (TINY_HORIZON, 7)
     assert server.alive and stats.errors[protocol.INTERNAL] == internal_before

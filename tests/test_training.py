@@ -145,7 +145,7 @@ def test_every_shipped_config_loads_and_names_a_model(path: Path) -> None:
 
 
 def test_lora_trains_adapters_only_and_merges_into_a_plain_model() -> None:
-    from test_model import fake_inputs
+    from conftest import fake_inputs
 
     from vla.config import VLAConfig
     from vla.model import VLAModel
