@@ -23,9 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import machine_description  # noqa: E402
-from test_model import fake_inputs  # noqa: E402
 
 from vla.config import VLAConfig  # noqa: E402
 from vla.feature_cache import FeatureCache, adaptive_schedule, uniform_schedule  # noqa: E402
@@ -87,7 +85,9 @@ def report_batch(
     steps = config.num_inference_steps
     layers = model.geometry.num_layers
     lengths = tuple(12 + (i % 5) for i in range(batch))
-    inputs = to_device(fake_inputs(config, batch=batch, text_lengths=lengths), args.device, dtype)
+    inputs = to_device(
+        ModelInputs.fake(config, batch=batch, text_lengths=lengths), args.device, dtype
+    )
     noise = torch.randn(
         batch, config.action_horizon, config.action_dim, device=args.device, dtype=dtype
     )

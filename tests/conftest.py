@@ -103,23 +103,10 @@ def write_dataset(tmp_path: Path) -> Callable[..., tuple[Path, list[EpisodeColum
 def fake_inputs(
     config: VLAConfig, batch: int = 3, text_lengths: tuple[int, ...] = (10, 24, 5), seed: int = 0
 ) -> ModelInputs:
-    """Model inputs built from the config, with instructions of different lengths (padded)."""
-    import torch
-
+    """Model inputs built from the config (`ModelInputs.fake`), instructions of different lengths."""
     from vla.model import ModelInputs
 
-    generator = torch.Generator().manual_seed(seed)
-    size = config.image_size
-    length = config.max_text_tokens
-    return ModelInputs(
-        images={
-            camera: torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
-            for camera in config.cameras
-        },
-        text_ids=torch.randint(0, 500, (batch, length), generator=generator),
-        text_mask=torch.arange(length)[None] < torch.tensor(text_lengths[:batch])[:, None],
-        state=torch.randn(batch, config.state_dim, generator=generator),
-    )
+    return ModelInputs.fake(config, batch=batch, text_lengths=text_lengths, seed=seed)
 
 
 def dataset_stats() -> dict[str, dict[str, np.ndarray]]:
@@ -162,15 +149,23 @@ def observation(
     }
 
 
+TINY_RESOLUTION = (64, 64)  # camera size recorded in tiny checkpoints (the tiny model's own)
+
+
 def save_tiny_checkpoint(
-    directory: Path, reasoning_dropout: float = 0.5, action_horizon: int = TINY_HORIZON
+    directory: Path,
+    reasoning_dropout: float = 0.5,
+    action_horizon: int = TINY_HORIZON,
+    resolution: tuple[int, int] = TINY_RESOLUTION,
 ) -> Path:
-    """A tiny random-weight checkpoint under `directory`, written exactly as training exports one.
+    """A tiny random-weight checkpoint under `directory`, written exactly as training exports one
+    (cameras recorded at `resolution`, reasoning recorded as trained).
 
     `reasoning_dropout=1.0` makes it an act-only checkpoint, one that must refuse to think.
     """
     import torch
 
+    from data.schema import ObservationSpec
     from vla.checkpoint import save_checkpoint
     from vla.config import VLAConfig
     from vla.model import VLAModel
@@ -189,7 +184,9 @@ def save_tiny_checkpoint(
         processor=ProcessorConfig(
             action_norm="quantile", reasoning_dropout=reasoning_dropout
         ).to_dict(),
+        observation_spec=ObservationSpec.uniform(config.cameras, resolution, config.state_dim),
         tokenizer_dir=directory / "tokenizer",
+        reasoning_trained=reasoning_dropout < 1.0,
     )
 
 

@@ -34,7 +34,9 @@ def parts() -> tuple[VLAModel, Processor]:
     )
 
 
-def save_policy(parts, directory, processor_config: ProcessorConfig) -> None:  # noqa: ANN001
+def save_policy(  # noqa: ANN001
+    parts, directory, processor_config: ProcessorConfig, reasoning_trained: bool | None = None
+) -> None:
     """Export the fixture's model with the given processor settings as a checkpoint directory."""
     from vla.checkpoint import save_checkpoint
 
@@ -47,6 +49,7 @@ def save_policy(parts, directory, processor_config: ProcessorConfig) -> None:  #
         dataset_stats(),
         processor=processor_config.to_dict(),
         tokenizer_dir=directory.parent / f"{directory.name}-tokenizer",
+        reasoning_trained=reasoning_trained,
     )
 
 
@@ -225,3 +228,16 @@ def test_thinking_on_an_act_only_checkpoint_is_refused_by_name(parts, tmp_path) 
         policy.infer(observation(0), reasoning=["PLAN: a. SUBTASK: a."])
     with pytest.raises(ReasoningUnavailableError, match="cannot think"):
         VLAPolicy.from_pretrained(tmp_path / "act-only", think=True)
+
+
+def test_a_checkpoint_trained_without_reasoning_labels_refuses_to_think(parts, tmp_path) -> None:
+    """Reasoning dropout 0.5 on a dataset without labels still never showed a chain: the export
+    records reasoning_trained = false, and that is what the policy goes by."""
+    save_policy(parts, tmp_path / "no-labels", ProcessorConfig(), reasoning_trained=False)
+    policy = VLAPolicy.from_pretrained(tmp_path / "no-labels")
+    assert not policy.can_reason
+    with pytest.raises(ReasoningUnavailableError, match="had no reasoning labels"):
+        policy.infer(observation(0), think=True)
+    save_policy(parts, tmp_path / "labelled", ProcessorConfig(), reasoning_trained=True)
+    thinking = VLAPolicy.from_pretrained(tmp_path / "labelled")
+    assert isinstance(thinking.infer(observation(0), think=True)["reasoning"][0], str)

@@ -20,18 +20,26 @@ import msgpack
 import numpy as np
 import pytest
 import torch
-from conftest import MAX_MESSAGE, TINY_HORIZON, observation, running, save_tiny_checkpoint
+from conftest import (
+    MAX_MESSAGE,
+    TINY_HORIZON,
+    TINY_RESOLUTION,
+    observation,
+    running,
+    save_tiny_checkpoint,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from data.schema import ObservationSpec
 from vla.policy import VLAPolicy
 from vla.robot import InvalidObservation, PolicyClient, ServerError, protocol
 from vla.robot.msgpack_numpy import DecodeError, packb, unpackb
 from vla.serving.server import BackgroundServer, reference_noise
 
-IMAGE = 64  # camera resolution of the test observations (the tiny model's own size)
+IMAGE = TINY_RESOLUTION[0]  # camera resolution of the test observations (as trained)
 obs = functools.partial(observation, size=IMAGE)
 
 
@@ -148,15 +156,21 @@ def test_codec_decodes_any_bytes_or_raises_decode_error(data: bytes) -> None:
 
 
 # ====================================================================================== replies
-def test_metadata_and_seeded_reply_is_the_policys_infer_dict(server, policy) -> None:
+def test_metadata_and_seeded_reply_is_the_policys_infer_dict(
+    server, policy, tiny_checkpoint
+) -> None:
     with PolicyClient(uri(server)) as client:
         meta = client.metadata
         assert meta["action_horizon"] == TINY_HORIZON and meta["action_dim"] == 7
         assert meta["can_reason"] is True
-        assert meta["observation"]["image_keys"] == [
+        assert meta["request"]["image_keys"] == [
             "observation.images.agentview",
             "observation.images.wrist",
         ]
+        # the checkpoint's cameras at their trained resolution, exactly as config.json holds them
+        saved = json.loads((tiny_checkpoint / "config.json").read_text())["observation"]
+        assert meta["observation"] == saved
+        assert ObservationSpec.from_dict(meta["observation"]).resolution == (IMAGE, IMAGE)
         assert meta["max_message_bytes"] == MAX_MESSAGE and meta["protocol"] == protocol.PROTOCOL
         reply = client.infer(obs(1), seed=7)
         again = client.infer(obs(1), seed=7)
@@ -475,6 +489,17 @@ def test_unusual_but_valid_observations_are_served(server) -> None:
         ):
             actions = client.infer(observation_)["actions"]
             assert np.isfinite(actions).all() and actions.shape == (TINY_HORIZON, 7)
+
+
+def test_a_camera_at_another_aspect_ratio_is_an_invalid_observation(server) -> None:
+    """Resizing a 4:3 frame into a square policy would distort the scene: refused, naming the
+    key and both shapes, as an observation error (not a model failure), and serving goes on."""
+    wide = obs(8, **{"observation.images.wrist": np.zeros((48, 64, 3), dtype=np.uint8)})
+    with PolicyClient(uri(server)) as client:
+        with pytest.raises(ServerError, match=r"observation.images.wrist.*\(48, 64, 3\)") as error:
+            client.infer(wide)
+        assert error.value.type == protocol.INVALID_OBSERVATION
+        assert np.isfinite(client.infer(obs(8))["actions"]).all()
 
 
 def test_a_model_producing_nan_gets_an_error_reply_not_nan_actions(tiny_checkpoint) -> None:

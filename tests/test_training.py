@@ -119,6 +119,7 @@ def test_training_learns_resumes_and_exports(write_dataset, tmp_path: Path) -> N
     )
     loaded = load_checkpoint(export)
     assert Processor.from_checkpoint(loaded).observation_spec == loaded.observation_spec
+    assert loaded.reasoning_trained is True  # reasoning labels and dropout 0.5: it learned to think
     policy = VLAPolicy.from_pretrained(export)
     rng = np.random.default_rng(0)
     obs = {

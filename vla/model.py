@@ -42,6 +42,30 @@ class ModelInputs:
     def without_reasoning(self) -> ModelInputs:
         return replace(self, reasoning_ids=None, reasoning_mask=None)
 
+    @classmethod
+    def fake(
+        cls,
+        config: VLAConfig,
+        batch: int = 3,
+        text_lengths: tuple[int, ...] = (10, 24, 5),
+        seed: int = 0,
+    ) -> ModelInputs:
+        """Random inputs shaped by the config, instructions of different lengths (padded): what
+        tests and benchmarks feed a model without a dataset or a tokenizer."""
+        generator = torch.Generator().manual_seed(seed)
+        size, length = config.image_size, config.max_text_tokens
+        if len(text_lengths) < batch:
+            raise ValueError(f"give one text length per item: {batch} items, {text_lengths}")
+        return cls(
+            images={
+                camera: torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+                for camera in config.cameras
+            },  # camera -> (B, 3, S, S)
+            text_ids=torch.randint(0, 500, (batch, length), generator=generator),  # (B, L)
+            text_mask=torch.arange(length)[None] < torch.tensor(text_lengths[:batch])[:, None],
+            state=torch.randn(batch, config.state_dim, generator=generator),  # (B, state_dim)
+        )
+
 
 class VLAModel(nn.Module):
     def __init__(self, config: VLAConfig) -> None:
