@@ -144,7 +144,7 @@ def test_temporal_ensemble_averages_overlapping_chunks(parts) -> None:
 def test_from_pretrained_round_trip(parts, tmp_path) -> None:
     """A saved checkpoint loads as a policy that predicts exactly what the original predicted."""
     model, processor = parts
-    save_policy(parts, tmp_path / "checkpoint", processor.processor)
+    save_policy(parts, tmp_path / "checkpoint", processor.settings)
     loaded = VLAPolicy.from_pretrained(tmp_path / "checkpoint", n_action_steps=3)
     original = VLAPolicy(model, processor)
     noise = torch.randn(2, 6, 7)
@@ -153,7 +153,7 @@ def test_from_pretrained_round_trip(parts, tmp_path) -> None:
         loaded.infer(batch, noise=noise)["actions"], original.infer(batch, noise=noise)["actions"]
     )
     assert loaded.chunking.n_action_steps == 3
-    assert loaded.processor.processor == processor.processor
+    assert loaded.processor.settings == processor.settings
 
 
 def test_noise_scale_zero_is_the_deterministic_flow_from_the_mean(parts) -> None:

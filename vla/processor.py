@@ -469,12 +469,6 @@ class Processor:
             observation_spec=loaded.observation_spec,
         )
 
-    @property
-    def processor(self) -> ProcessorConfig:
-        """Transitional alias of `settings` (the old, misleading name); remove once
-        vla/policy.py, vla/serving/server.py and tests/test_policy.py read `.settings`."""
-        return self.settings
-
     # ------------------------------------------------------------------ the two entry points
     def inputs(
         self, observations: Sequence[Mapping[str, Any]], device: torch.device | str = "cpu"
