@@ -12,6 +12,7 @@ from vla.config import VLAConfig
 from vla.model import VLAModel
 from vla.policy import ReasoningUnavailableError, VLAPolicy
 from vla.processor import Processor, ProcessorConfig
+from vla.robot.chunker import ActionChunker, ChunkerConfig
 from vla.tokenizer import train_tokenizer
 
 
@@ -127,18 +128,18 @@ def test_select_action_executes_n_action_steps_per_chunk(parts) -> None:
         VLAPolicy(model, processor, n_action_steps=7)
 
 
-def test_temporal_ensemble_averages_overlapping_chunks(parts) -> None:
+def test_temporal_ensemble_through_select_action_is_the_chunkers(parts) -> None:
+    """select_action predicts every step and hands the chunks to the shared chunker: its actions
+    are exactly what an ActionChunker fed the same chunks gives (the weighting itself is
+    tests/test_chunker.py's)."""
     model, processor = parts
     policy = RecordingPolicy(model, processor, temporal_ensemble=0.5)
     actions = [policy.select_action(observation(20 + step)) for step in range(3)]
-    chunks = [chunk[0] for chunk in policy.calls]
-    assert len(chunks) == 3
-    weights = np.exp(-0.5 * np.arange(3))
-    expected = (weights[:, None] * np.stack([chunks[0][2], chunks[1][1], chunks[2][0]])).sum(
-        0
-    ) / weights.sum()
-    np.testing.assert_allclose(actions[2], expected, rtol=1e-5)
-    np.testing.assert_allclose(actions[0], chunks[0][0], rtol=1e-6)
+    assert len(policy.calls) == 3
+    reference = ActionChunker(ChunkerConfig(temporal_ensemble=0.5))
+    for action, chunks in zip(actions, policy.calls, strict=True):
+        reference.add(chunks[0])
+        np.testing.assert_array_equal(action, reference.pop_action())
 
 
 def test_from_pretrained_round_trip(parts, tmp_path) -> None:
