@@ -7,7 +7,7 @@
 #   bash scripts/behaviour_check.sh 79ffb85 [/tmp/behaviour]    # after scripts/setup.sh
 #
 # Both sides run in this checkout's .venv (the dependencies must not differ between them);
-# BASE runs from a git worktree, whose own packages shadow the editable install. ~12 min on 2
+# BASE runs from a git worktree, whose own packages shadow the editable install. ~8 min on 2
 # cores. Exits non-zero when any evaluation differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
