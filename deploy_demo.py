@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     process, uri = start_server_process(args.checkpoint, token=token, device=args.device)
     try:
         client = PolicyClient(uri, token=token)
-        env = make_robot(args, camera_resolution(args, client.metadata))
+        env = make_robot(args, robot_camera_resolution(args, client.metadata))
         try:
             observation, _ = env.reset(options={"init_state": args.init_state})
             controller = Controller(
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def camera_resolution(args: argparse.Namespace, metadata: Mapping[str, Any]) -> tuple[int, int]:
+def robot_camera_resolution(
+    args: argparse.Namespace, metadata: Mapping[str, Any]
+) -> tuple[int, int]:
     """What the simulated cameras render: --image-size, else what the server says the checkpoint
     was trained on (its observation spec), as a real robot's camera driver would be set up."""
     if args.image_size:

@@ -128,9 +128,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
     # The envs render what the policy was trained on (its checkpoint's observation spec).
-    image_size = (
-        (args.image_size, args.image_size) if args.image_size else camera_resolution(policy)
-    )
+    try:
+        image_size = (
+            (args.image_size, args.image_size) if args.image_size else camera_resolution(policy)
+        )
+    except ValueError as error:  # cameras of different sizes: the envs render one size
+        print(f"error: {args.checkpoint}: {error}; pass --image-size", file=sys.stderr)
+        return 2
     runner_options: dict[str, Any] = dict(
         tasks=args.tasks,
         episodes_per_task=args.episodes_per_task,

@@ -64,7 +64,7 @@ def periodic_evaluation(config: Any) -> Iterator[list]:
         image_size=(
             (section.image_size, section.image_size)
             if section.image_size
-            else dataset_camera_resolution(config.data.path)
+            else dataset_camera_resolution(config)
         ),
         video_episodes_per_task=section.videos_per_task,
         progress=False,
@@ -80,16 +80,14 @@ def periodic_evaluation(config: Any) -> Iterator[list]:
         yield [PeriodicEvaluation(evaluate, section.every_n_steps)]
 
 
-def dataset_camera_resolution(path: str | Path) -> tuple[int, int]:
-    """(height, width) of the training dataset's cameras: what the sim renders for periodic
-    evaluation, so the policy sees what it trains on."""
-    from data.features import observation_spec
+def dataset_camera_resolution(config: Any) -> tuple[int, int]:
+    """(height, width) the model's cameras have in the training dataset: what the sim renders
+    for periodic evaluation, and what the export's observation spec records."""
     from data.reader import LeRobotDatasetReader
+    from vla.training.run import model_config_for, training_observation_spec
 
-    reader = LeRobotDatasetReader(path)
-    return observation_spec(
-        reader.features, source=str(reader.root / "meta" / "info.json")
-    ).resolution
+    reader = LeRobotDatasetReader(config.data.path)
+    return training_observation_spec(model_config_for(config), reader).resolution
 
 
 if __name__ == "__main__":

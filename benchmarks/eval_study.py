@@ -56,7 +56,9 @@ def main() -> int:
     parser.add_argument("--suite", default="quickstart")
     parser.add_argument("--episodes-per-task", type=int, default=10)
     parser.add_argument("--envs", type=int, default=2)
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument(
+        "--image-size", type=int, help="default: the checkpoint's camera resolution (config.json)"
+    )
     parser.add_argument(
         "--train-scenes",
         action="store_true",
@@ -73,7 +75,11 @@ def main() -> int:
         args.suite,
         episodes_per_task=args.episodes_per_task,
         num_envs=args.envs,
-        image_size=(args.image_size, args.image_size),
+        image_size=(
+            (args.image_size, args.image_size)
+            if args.image_size
+            else VLAPolicy.from_pretrained(args.checkpoint).processor.observation_spec.resolution
+        ),
         scenes="train" if args.train_scenes else "eval",
         progress=False,
     ) as runner:

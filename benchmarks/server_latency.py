@@ -2,8 +2,8 @@
 
 The server is `vla serve` in its own process (as deployed); each client is a thread of this
 process with its own `PolicyClient` connection, sending back-to-back requests for a fixed time.
-Observations are two 128x128 cameras + state + instruction (the quickstart sim's), the model the
-tiny config with random weights (what the tests use), so the numbers show the serving overhead and
+Observations are two cameras at DEFAULT_CAMERA_RESOLUTION (128x128, the quickstart sim's) +
+state + instruction, the model the tiny config with random weights (what the tests use), so the numbers show the serving overhead and
 what batching buys, not a trained model's speed.
 
     .venv/bin/python benchmarks/server_latency.py [--seconds 8] [--image-size 128]
@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description  # noqa: E402
 
-from data.schema import STATE_KEY, TASK_KEY, ObservationSpec  # noqa: E402
+from data.schema import DEFAULT_CAMERA_RESOLUTION, STATE_KEY, TASK_KEY, ObservationSpec  # noqa: E402
 from data.stats import compute_stats  # noqa: E402
 from vla.checkpoint import save_checkpoint  # noqa: E402
 from vla.cli import start_server_process, stop_server_process  # noqa: E402
@@ -127,7 +127,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=DEFAULT_CAMERA_RESOLUTION[0])
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     args = parser.parse_args()
     print(f"machine: {machine_description()}")

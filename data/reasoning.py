@@ -58,7 +58,6 @@ from data.schema import (
 )
 
 __all__ = [
-    "GRIPPER_POINTS",
     "REASONING_TAGS",
     "UNKNOWN_PX",
     "ObjectBox",
@@ -71,8 +70,6 @@ __all__ = [
 REASONING_TAGS = ("plan", "subtask", "move", "gripper", "objects")
 """Tags in canonical order; ``include`` in ``format_reasoning`` selects among these."""
 
-GRIPPER_POINTS = GRIPPER_TRACE_POINTS
-"""Current gripper position plus the next 4."""
 
 UNKNOWN_PX = -1
 """Pixel value marking an unknown / off-image gripper point in ``reasoning.gripper_px``."""
@@ -148,8 +145,10 @@ class Reasoning:
             raise TypeError("plan must be a sequence of subtasks, not a single str")
         plan = tuple(_as_str(p, f"plan[{i}]") for i, p in enumerate(self.plan))
         points = tuple(_int_tuple(p, 2, f"gripper_px[{i}]") for i, p in enumerate(self.gripper_px))
-        if len(points) > GRIPPER_POINTS:
-            raise ValueError(f"gripper_px holds at most {GRIPPER_POINTS} points, got {len(points)}")
+        if len(points) > GRIPPER_TRACE_POINTS:
+            raise ValueError(
+                f"gripper_px holds at most {GRIPPER_TRACE_POINTS} points, got {len(points)}"
+            )
         for i, obj in enumerate(self.objects):
             if not isinstance(obj, ObjectBox):
                 raise TypeError(f"objects[{i}] must be an ObjectBox, got {type(obj).__name__}")
@@ -222,19 +221,19 @@ def _gripper_from_frame(value: Any) -> tuple[tuple[int, int], ...]:
     if value is None:
         return ()
     arr = np.asarray(value)
-    if arr.size != 2 * GRIPPER_POINTS:
+    if arr.size != 2 * GRIPPER_TRACE_POINTS:
         raise ValueError(
-            f"{GRIPPER_PX_KEY} must hold {2 * GRIPPER_POINTS} values, got shape {arr.shape}"
+            f"{GRIPPER_PX_KEY} must hold {2 * GRIPPER_TRACE_POINTS} values, got shape {arr.shape}"
         )
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind != "f" or not np.array_equal(arr, np.round(arr)):
             raise ValueError(f"{GRIPPER_PX_KEY} must be integers, got {arr.tolist()}")
-    pairs = arr.astype(np.int64).reshape(GRIPPER_POINTS, 2).tolist()
+    pairs = arr.astype(np.int64).reshape(GRIPPER_TRACE_POINTS, 2).tolist()
     return tuple((x, y) for x, y in pairs if x >= 0 and y >= 0)
 
 
 def _gripper_to_frame(points: Sequence[tuple[int, int]]) -> np.ndarray:
-    out = np.full(2 * GRIPPER_POINTS, UNKNOWN_PX, dtype=np.int16)
+    out = np.full(2 * GRIPPER_TRACE_POINTS, UNKNOWN_PX, dtype=np.int16)
     for i, (x, y) in enumerate(points):
         if not (0 <= x <= _INT16_MAX and 0 <= y <= _INT16_MAX):
             raise ValueError(
@@ -380,7 +379,7 @@ _EXPECTED = {
     "plan": "'PLAN: <subtask>; <subtask>.'",
     "subtask": "'SUBTASK: <text>.'",
     "move": "'MOVE: <text>.'",
-    "gripper": f"'GRIPPER: [x,y] [x,y] ...' with at most {GRIPPER_POINTS} points and a final '.'",
+    "gripper": f"'GRIPPER: [x,y] [x,y] ...' with at most {GRIPPER_TRACE_POINTS} points and a final '.'",
     "objects": "'OBJECTS: <name> [x1,y1,x2,y2]; <name> [x1,y1,x2,y2].'",
 }
 _TAG_LIST = ", ".join(f"{t.upper()}:" for t in REASONING_TAGS)
@@ -437,8 +436,8 @@ def _parse_gripper(body: str) -> tuple[tuple[int, int], ...]:
     rest = body[pos:].strip()
     if rest:
         raise ValueError(f"unexpected {rest!r} after the points")
-    if len(points) > GRIPPER_POINTS:
-        raise ValueError(f"{len(points)} points, at most {GRIPPER_POINTS} allowed")
+    if len(points) > GRIPPER_TRACE_POINTS:
+        raise ValueError(f"{len(points)} points, at most {GRIPPER_TRACE_POINTS} allowed")
     return tuple(points)
 
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from data.schema import DEFAULT_CAMERA_RESOLUTION
+from data.schema import ACTION_DIM, DEFAULT_CAMERA_RESOLUTION
 from sim.catalog import get_suite
 from sim.metrics import EvalMetrics, RolloutResult
 from sim.suite_env import AGENTVIEW_KEY, SuiteEnv, build_suite_env
@@ -135,6 +135,8 @@ class EnvRunner:
         spec = get_suite(suite)
         self.suite = suite
         self.tasks = list(spec.tasks) if tasks is None else [spec.resolve(task) for task in tasks]
+        # each task's index in the suite (what --list-tasks prints), not in this selection
+        self.task_indices = [spec.index(task) for task in self.tasks]
         if episodes_per_task < 1:
             raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
         if num_envs < 1:
@@ -277,8 +279,8 @@ class _Schedule:
         self.new_chunker = new_chunker
         self.video_dir = video_dir
         self.jobs = collections.deque(
-            _Job(runner.tasks.index(task), task, init_state)
-            for task in runner.tasks
+            _Job(task_index, task, init_state)
+            for task_index, task in zip(runner.task_indices, runner.tasks, strict=True)
             for init_state in range(runner.episodes_per_task)
         )
         self.running: dict[int, _Episode] = {}
@@ -392,10 +394,10 @@ def _predict(
         reasoning = [episode.reasoning for episode in group] if kind == "reuse" else None
         out = policy.infer(observations, think=kind == "think", reasoning=reasoning)
         chunks = np.asarray(out["actions"], dtype=np.float32)  # (B, H, 7)
-        if chunks.ndim != 3 or chunks.shape[0] != len(group):
+        if chunks.ndim != 3 or chunks.shape[0] != len(group) or chunks.shape[2] != ACTION_DIM:
             raise ValueError(
                 f"policy.infer returned actions of shape {chunks.shape} for {len(group)} "
-                "observations; expected (batch, horizon, action_dim)"
+                f"observations; expected (batch, horizon, {ACTION_DIM})"
             )
         thoughts = out.get("reasoning")
         calls.append({"kind": kind, "batch": len(group), **dict(out.get("timing") or {})})

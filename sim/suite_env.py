@@ -8,7 +8,7 @@ queue is task-major so switches are rare).
 
 With `oracle_expert=True` every observation also carries `expert.action`, the scripted expert's
 next action computed from privileged state. That lets the expert run through exactly the same
-evaluation loop as a learned policy (as its "policy", `ExpertPolicy` in sim/runner.py), which is
+evaluation loop as a learned policy (as its "policy", `ExpertPolicy` in sim/baselines.py), which is
 how the evaluator's own success measurement is checked against the expert's known success.
 """
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import observation, running
+from conftest import TINY_RESOLUTION, observation, running, save_tiny_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -37,7 +37,7 @@ from vla.robot import (
 from vla.robot.controller import DEADLINE, NO_PLAN, PLAN, WAITING
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE = 64  # camera resolution of the test observations (the tiny model's own size)
+IMAGE = TINY_RESOLUTION[0]  # camera resolution of the test observations (as trained)
 
 
 # ====================================================================================== stitching
@@ -347,18 +347,19 @@ def test_start_reports_why_no_chunk_came(tiny_checkpoint) -> None:
 
 
 # ====================================================================================== demo
-def test_deploy_demo_runs_a_full_episode_through_server_and_controller(tiny_checkpoint) -> None:
+def test_deploy_demo_runs_a_full_episode_through_server_and_controller(tmp_path) -> None:  # noqa: ANN001
+    """The demo's simulated cameras take their resolution from the server's metadata (the
+    checkpoint's spec): 48x64 here, which a square default would get refused for."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "wide", resolution=(48, 64))
     steps = 30
     result = subprocess.run(
         [
             sys.executable,
             str(REPO / "deploy_demo.py"),
             "--checkpoint",
-            str(tiny_checkpoint),
+            str(checkpoint),
             "--max-episode-steps",
             str(steps),
-            "--image-size",
-            "64",
             "--hz",
             "10",
             "--json",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from sim.runner import EnvRunner
 from vla.robot.chunker import ActionChunker, ChunkerConfig
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wilson_interval_matches_known_values() -> None:
@@ -165,3 +169,37 @@ def test_eval_lists_a_suites_tasks_with_the_indices_it_accepts(capsys) -> None: 
     assert lines == [f"{i:3d}  {task}" for i, task in enumerate(suite_tasks("quickstart"))]
     assert eval_entry.main(["--suite", "quickstar", "--list-tasks"]) == 2
     assert "did you mean 'quickstart'" in capsys.readouterr().err
+
+
+def test_eval_renders_at_the_checkpoints_camera_resolution(tmp_path) -> None:  # noqa: ANN001
+    """A checkpoint trained on 96x128 cameras is rolled out at 96x128 with no --image-size: a
+    square default would be refused (another aspect ratio), so success here means eval.py read
+    the saved observation spec. Task 2 is reported as task 2, its index in the suite. eval.py
+    runs as a user runs it, in its own process.
+
+    The checkpoint is written in a child process too: this module already ran MuJoCo in-process,
+    and Mesa's EGL (llvmpipe) and torch's triton cannot share a process (importing the model's
+    stack after a render segfaults; docs/evaluation.md).
+    """
+    make = "import sys; from pathlib import Path; from conftest import save_tiny_checkpoint; "
+    make += "print(save_tiny_checkpoint(Path(sys.argv[1]), resolution=(96, 128)))"
+    made = subprocess.run(
+        [sys.executable, "-c", make, str(tmp_path / "wide")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO / "tests",
+    )
+    assert made.returncode == 0, made.stderr[-3000:]
+    checkpoint = Path(made.stdout.strip().splitlines()[-1])
+    out = tmp_path / "eval"
+    command = [sys.executable, str(REPO / "eval.py"), "--checkpoint", str(checkpoint)]
+    command += ["--suite", "quickstart", "--tasks", "2", "--episodes-per-task", "1", "--envs", "1"]
+    command += ["--videos-per-task", "0", "--no-progress", "--noise-scale", "0", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["image_size"] == [96, 128]
+    (episode,) = report["episodes"]
+    assert episode["task_index"] == 2 and episode["task"] == suite_tasks("quickstart")[2]
+    assert episode["error"] is None and report["latency"]["act"]["calls"] > 0

@@ -58,6 +58,9 @@ def test_training_logs_success_and_videos_every_n_steps(write_dataset, tmp_path:
     for run in ("eval000", "eval001"):
         videos = sorted((config.run_dir / "eval_videos" / run).glob("*.mp4"))
         assert len(videos) == 3, "one filmed episode per quickstart task"
-        assert decode_video(videos[0]).shape[0] == 200  # an untrained policy runs to the limit
+        frames = decode_video(videos[0])
+        assert frames.shape[0] == 200  # an untrained policy runs to the limit
+        # rendered at the training dataset's 32x32 (videos are drawn at 3x), not a fixed default
+        assert frames.shape[2] == 32 * 3
     wandb_videos = list((config.run_dir / "logs" / "wandb").rglob("media/videos/**/*.mp4"))
     assert wandb_videos, "rollout videos are logged to wandb"

@@ -92,6 +92,38 @@ def test_training_and_inference_batches_of_the_same_frames_give_identical_inputs
     assert action_is_pad.dtype == torch.bool and action_is_pad.shape == (4, 3)
 
 
+def test_training_shifts_images_and_inference_never_does(write_dataset, tokenizer) -> None:
+    """image_shift is the pipeline's training-only augmentation: with it, the training path's
+    images move (each a translated window of the unshifted one) while everything else and the
+    inference path stay exactly as without it."""
+    from dataclasses import replace
+
+    root, _ = write_dataset(lengths=(6, 5))
+    dataset = ActionChunkDataset(root, action_horizon=3)
+    batch = next(iter(DataLoader(dataset, batch_size=4, shuffle=False)))
+    plain = make_processor(tokenizer, dataset.observation_spec)
+    shifted = make_processor(tokenizer, dataset.observation_spec, replace(PLAIN, image_shift=3))
+    reference, _, _ = plain.training_inputs(batch, np.random.default_rng(0))
+    augmented, _, _ = shifted.training_inputs(batch, np.random.default_rng(0))
+    for camera, images in augmented.images.items():
+        assert images.shape == reference.images[camera].shape
+        assert not torch.equal(images, reference.images[camera]), camera
+        # the interior of each shifted image is the unshifted image moved by (dy, dx) in [-3, 3]
+        for moved, original in zip(images, reference.images[camera], strict=True):
+            assert any(
+                torch.equal(moved[:, 3:-3, 3:-3], original[:, 3 + dy : 61 + dy, 3 + dx : 61 + dx])
+                for dy in range(-3, 4)
+                for dx in range(-3, 4)
+            )
+    torch.testing.assert_close(augmented.state, reference.state, atol=0, rtol=0)
+    observation_ = {
+        **{key: batch[key][0].numpy() for key in dataset.observation_spec.image_keys},
+        STATE_KEY: batch[STATE_KEY][0].numpy(),
+        TASK_KEY: "task 0",
+    }
+    assert_identical(shifted.inputs([observation_]), plain.inputs([observation_]))
+
+
 def test_training_needs_the_chunk_and_every_reasoning_field_reaches_the_targets(
     write_dataset, tokenizer
 ) -> None:
