@@ -35,7 +35,7 @@ from websockets.sync.client import connect
 
 from data.schema import ObservationSpec
 from vla.policy import VLAPolicy
-from vla.robot import InvalidObservation, PolicyClient, ServerError, protocol
+from vla.robot import InvalidObservation, PolicyClient, RequestSpec, ServerError, protocol
 from vla.robot.msgpack_numpy import DecodeError, packb, unpackb
 from vla.serving.server import BackgroundServer, reference_noise
 
@@ -569,3 +569,26 @@ def test_client_disconnecting_mid_request_is_harmless(server) -> None:
     with PolicyClient(uri(server)) as client:
         assert client.infer(obs(20))["actions"].shape == (TINY_HORIZON, 7)
     assert server.alive and stats.errors[protocol.INTERNAL] == internal_before
+
+
+def test_two_request_keys_landing_on_one_of_ours_are_refused_naming_both() -> None:
+    """The wire check renames with the processor's own renamer (data.schema.rename_keys), so a
+    robot key and our key that collide are an InvalidObservation naming both, never a silent drop."""
+    spec = RequestSpec(
+        image_keys=("observation.images.agentview",),
+        state_dim=8,
+        key_map={"image": "observation.images.agentview"},
+    )
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    request = {
+        "image": image,
+        "observation.images.agentview": image,
+        "observation.state": np.zeros(8, np.float32),
+        "task": "t",
+    }
+    pattern = "keys 'image' and 'observation.images.agentview' both map to"
+    with pytest.raises(InvalidObservation, match=pattern):
+        spec.validate(request)
+    del request["observation.images.agentview"]
+    observation, _ = spec.validate(request)
+    assert set(observation) >= {"observation.images.agentview", "observation.state", "task"}

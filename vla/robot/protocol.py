@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from data.schema import STATE_KEY, TASK_KEY, rename_keys
 from vla.robot.chunker import CallKind
 
 PROTOCOL = "vla-msgpack/1 (openpi-compatible)"
@@ -111,8 +112,8 @@ class RequestSpec:
 
     image_keys: tuple[str, ...]
     state_dim: int
-    state_key: str = "observation.state"
-    task_key: str = "task"
+    state_key: str = STATE_KEY
+    task_key: str = TASK_KEY
     key_map: Mapping[str, str] = field(default_factory=dict)
     max_image_side: int = 4096
     max_task_chars: int = 1024
@@ -160,16 +161,13 @@ class RequestSpec:
             raise InvalidObservation(
                 f"a request must be a map of observation keys to values, got {_describe(message)}"
             )
-        renamed: dict[str, Any] = {}
-        for key, value in message.items():
+        for key in message:
             if not isinstance(key, str):
                 raise InvalidObservation(f"observation keys must be strings, got {key!r:.80}")
-            ours = self.key_map.get(key, key)
-            if ours in renamed:
-                raise InvalidObservation(
-                    f"two keys of the request map to {ours!r} (key map {dict(self.key_map)})"
-                )
-            renamed[ours] = value
+        try:  # the one key renamer the processor uses too
+            renamed = rename_keys(message, self.key_map)
+        except KeyError as error:  # two request keys land on one of ours
+            raise InvalidObservation(str(error.args[0])) from None
         options = self._options(renamed.get(OPTIONS_KEY))
         needed = [*self.image_keys, self.state_key, self.task_key]
         missing = [key for key in needed if key not in renamed]
