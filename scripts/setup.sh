@@ -70,4 +70,6 @@ echo "==> installing $target into $venv (first time: torch with its CUDA librari
 import torch, torchvision, mujoco, robosuite  # noqa: F401  (fail here, not in the middle of a job)
 print(f"==> torch {torch.__version__}, torchvision {torchvision.__version__}, mujoco {mujoco.__version__}")
 PY
+# The packaged ImageNet weights, converted once to safetensors and checked (vla/pretrained.py).
+"$venv/bin/python" -m vla.pretrained
 echo "$want" > "$stamp"

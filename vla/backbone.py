@@ -103,11 +103,17 @@ class PaliGemmaBackbone(Backbone):
         else:
             from vla.vision import TimmVisionTower
 
+            pretrained_path = None
+            if config.vision_pretrained is not None:
+                from vla.pretrained import packaged_weights_path
+
+                pretrained_path = packaged_weights_path(config.vision_pretrained)
             # replaces SigLIP + projector; the unused SigLIP weights are dropped with `model`
             self.timm_tower = TimmVisionTower(
                 config.vision_tower.removeprefix("timm:"),
                 config.image_size,
                 text.hidden_size,
+                pretrained_path=pretrained_path,
                 max_tokens=config.vision_max_tokens,
                 **config.vision_tower_kwargs,
             )
@@ -119,6 +125,18 @@ class PaliGemmaBackbone(Backbone):
         self.vocab_size = text.vocab_size
         # Gemma multiplies every input embedding by sqrt(hidden) before the first layer.
         self.embedding_scale = math.sqrt(text.hidden_size)
+
+    @property
+    def image_encoder(self) -> nn.Module | None:
+        """The timm tower (whose `encode` features can be computed once per frame when it is
+        frozen), or None for SigLIP."""
+        return getattr(self, "timm_tower", None)
+
+    def project_image_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) features from `image_encoder.encode` -> (B, N, D) decoder tokens."""
+        if not hasattr(self, "timm_tower"):
+            raise ValueError("precomputed image features need a timm vision tower")
+        return self.timm_tower.project(features)
 
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "timm_tower"):

@@ -193,12 +193,20 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _self_contained_config(model: nn.Module, config: VLAConfig) -> VLAConfig:
-    """`config` with the backbone's HF config inlined, so loading needs no `pretrained_path`.
+    """`config` with the backbone's HF config inlined, so loading needs no `pretrained_path`
+    (nor `vision_pretrained`).
 
     A model built from `pretrained_path` reads its architecture from that directory; the
     checkpoint holds all the weights, so only the architecture is needed, and it is taken from
     the live backbone. Adapters that do not expose `hf_config` keep the config as given.
     """
+    if config.vision_pretrained is not None:
+        # the checkpoint holds the trained tower: loading needs neither the package nor the file,
+        # but the tower must still keep its BatchNorm statistics if training resumes from here
+        config = config.replace(
+            vision_pretrained=None,
+            vision_tower_kwargs={**config.vision_tower_kwargs, "keep_norm_statistics": True},
+        )
     hf_config = getattr(getattr(model, "backbone", None), "hf_config", None)
     if hf_config is None:
         return config

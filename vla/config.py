@@ -1,7 +1,8 @@
 """Model configuration: one frozen dataclass, validated at construction, passed whole to modules.
 
 Named configurations live in `NAMED_CONFIGS` (a registry, not if/elif): `tiny` trains on two CPU
-cores; `tiny-fast` is `tiny` with 4x fewer image tokens (the quickstart's); `tiny-timm` swaps SigLIP for a timm ResNet; `pi0` has the shape of pi0 (PaliGemma-3B backbone, ~300M expert) for GPU runs and
+cores; `tiny-fast` is `tiny` with 4x fewer image tokens; `tiny-timm` swaps SigLIP for a timm
+ResNet; `tiny-effnet` for ImageNet-pretrained EfficientNet-Lite0 (the quickstart's); `pi0` has the shape of pi0 (PaliGemma-3B backbone, ~300M expert) for GPU runs and
 benchmarks. `VLAConfig.named("tiny", action_horizon=8)` builds one with overrides; unknown names
 and keys fail with a "did you mean".
 """
@@ -30,6 +31,9 @@ class VLAConfig:
     # (vla/vision.py), e.g. a small convnet for fast CPU configs
     vision_tower: str = "siglip"
     vision_tower_kwargs: dict[str, Any] = field(default_factory=dict)
+    # ImageNet weights a registry package ships (vla/pretrained.py), loaded into a timm tower
+    # when the model is first built; a checkpoint holds the trained weights and drops this name
+    vision_pretrained: str | None = None
     vision_max_tokens: int | None = None
     # --- inputs
     cameras: tuple[str, ...] = DEFAULT_CAMERAS
@@ -81,6 +85,11 @@ class VLAConfig:
         if self.vision_tower != "siglip" and not self.vision_tower.startswith("timm:"):
             raise ValueError(
                 f"vision_tower must be 'siglip' or 'timm:<model name>', got {self.vision_tower!r}"
+            )
+        if self.vision_pretrained is not None and self.vision_tower == "siglip":
+            raise ValueError(
+                f"vision_pretrained={self.vision_pretrained!r} needs a timm vision tower "
+                f"(vision_tower='timm:<model name>'); SigLIP loads with the backbone's pretrained_path"
             )
 
     @classmethod
@@ -170,6 +179,16 @@ NAMED_CONFIGS: dict[str, VLAConfig] = {
     "tiny": VLAConfig(backbone_config=TINY_PALIGEMMA, image_size=64),
     "tiny-timm": VLAConfig(
         backbone_config=TINY_PALIGEMMA, image_size=64, vision_tower="timm:resnet10t"
+    ),
+    # Pretrained vision for CPU runs: ImageNet EfficientNet-Lite0 (installed offline, see
+    # vla/pretrained.py) on the cameras' own 128x128 frames; its stride-32 map is 4x4 = 16 tokens
+    # per camera, as many as tiny-fast's. Trained frozen with per-frame features computed once
+    # (optim.vision_lr_scale=0) or fine-tuned at a lower learning rate.
+    "tiny-effnet": VLAConfig(
+        backbone_config=TINY_FAST_PALIGEMMA,
+        image_size=128,
+        vision_tower="timm:tf_efficientnet_lite0",
+        vision_pretrained="efficientnet_lite0",
     ),
     # The quickstart's: 16x16 patches give 16 image tokens per camera instead of 64, which makes
     # an act-only training step 2.3x cheaper on a 2-core CPU (benchmarks/train_step.py).

@@ -38,6 +38,9 @@ class ModelInputs:
     # for reuse), right-padded and ending with EOS; None when acting without thinking.
     reasoning_ids: torch.Tensor | None = None  # (B, R) long
     reasoning_mask: torch.Tensor | None = None  # (B, R) bool
+    # A frozen encoder's features of some cameras, computed once per dataset frame
+    # (vla/training/frozen_features.py); such a camera's entry in `images` is not read.
+    image_features: dict[str, torch.Tensor] | None = None  # camera -> (B, N, C)
 
     def without_reasoning(self) -> ModelInputs:
         return replace(self, reasoning_ids=None, reasoning_mask=None)
@@ -90,8 +93,12 @@ class VLAModel(nn.Module):
     def embed_prefix(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prefix tokens (B, P, D), the mask of real tokens (B, P) and of causal ones (B, P)."""
         tokens, masks = [], []
+        features = inputs.image_features or {}
         for camera in self.config.cameras:
-            image_tokens = self.backbone.embed_images(inputs.images[camera])
+            if camera in features:
+                image_tokens = self.backbone.project_image_features(features[camera])
+            else:
+                image_tokens = self.backbone.embed_images(inputs.images[camera])
             tokens.append(image_tokens)
             masks.append(
                 torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=image_tokens.device)

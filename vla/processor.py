@@ -60,6 +60,12 @@ TEXT_IDS = "model.text_ids"
 TEXT_MASK = "model.text_mask"
 REASONING_IDS = "model.reasoning_ids"
 REASONING_MASK = "model.reasoning_mask"
+# A frozen encoder's precomputed features of a camera, (B, N, C): stands in for its image.
+IMAGE_FEATURES_PREFIX = "model.image_features."
+
+
+def image_features_key(camera: str) -> str:
+    return IMAGE_FEATURES_PREFIX + camera
 
 
 @dataclass(frozen=True)
@@ -132,10 +138,16 @@ class RequireKeys(Step):
 
     keys: tuple[str, ...]
     training_keys: tuple[str, ...] = ()
+    # key -> another key that stands in for it (a camera's image -> its precomputed features)
+    alternatives: Mapping[str, str] = field(default_factory=dict)
 
     def __call__(self, batch: Batch, context: StepContext) -> Batch:
         needed = self.keys + (self.training_keys if context.training else ())
-        missing = [key for key in needed if key not in batch]
+        missing = [
+            key
+            for key in needed
+            if key not in batch and self.alternatives.get(key, key) not in batch
+        ]
         if missing:
             raise KeyError(
                 f"the {'training batch' if context.training else 'observation'} lacks {missing}; "
@@ -166,6 +178,8 @@ class PrepareImages(Step):
     def __call__(self, batch: Batch, context: StepContext) -> Batch:
         out = dict(batch)
         for camera in self.spec.cameras:
+            if image_features_key(camera.name) in batch:
+                continue  # this camera's image was encoded once, ahead of training
             frames = self.checked(camera, batch[camera.key])  # (B, H, W, 3) uint8
             pixels = frames.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W) in [0, 1]
             if pixels.shape[-2:] != (self.image_size, self.image_size):
@@ -226,6 +240,8 @@ class RandomShift(Step):
             return batch
         out = dict(batch)
         for camera in self.cameras:  # in camera order: the rng draws are part of the contract
+            if image_features_key(camera) in batch:
+                continue  # precomputed features of unshifted frames: nothing to shift
             out[image_key(camera)] = random_shift(
                 batch[image_key(camera)], self.pixels, context.rng
             )
@@ -441,7 +457,9 @@ class Processor:
             (
                 RenameKeys(settings.key_map),
                 RequireKeys(
-                    (*spec.image_keys, STATE_KEY, TASK_KEY), (ACTION_KEY, ACTION_IS_PAD_KEY)
+                    (*spec.image_keys, STATE_KEY, TASK_KEY),
+                    (ACTION_KEY, ACTION_IS_PAD_KEY),
+                    {camera.key: image_features_key(camera.name) for camera in spec.cameras},
                 ),
                 PrepareImages(spec, config.image_size),
                 RandomShift(tuple(config.cameras), settings.image_shift),
@@ -487,13 +505,22 @@ class Processor:
 
     def model_inputs(self, batch: Mapping[str, Any]) -> ModelInputs:
         """The pipeline's output batch -> the model's input dataclass."""
+        cameras = self.config.cameras
+        features = {
+            camera: batch[image_features_key(camera)]
+            for camera in cameras
+            if image_features_key(camera) in batch
+        }
         return ModelInputs(
-            images={camera: batch[image_key(camera)] for camera in self.config.cameras},
+            images={
+                camera: batch[image_key(camera)] for camera in cameras if camera not in features
+            },
             text_ids=batch[TEXT_IDS],
             text_mask=batch[TEXT_MASK],
             state=batch[STATE_KEY],
             reasoning_ids=batch.get(REASONING_IDS),
             reasoning_mask=batch.get(REASONING_MASK),
+            image_features=features or None,
         )
 
     # ------------------------------------------------------------------ pieces callers reuse

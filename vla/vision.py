@@ -22,6 +22,11 @@ How, and why this way:
   of its classifier head) and freezes them: a parameter that never gets a gradient breaks DDP.
 - Weights are never downloaded: `pretrained_path` names a local file (safetensors or a timm
   checkpoint) and is loaded strictly, with an error naming the file and the keys that differ.
+  `vla/pretrained.py` makes such a file from weights a registry package ships.
+- A pretrained encoder keeps its BatchNorm statistics: its timm model stays in eval mode while the
+  rest trains (small robot batches would otherwise overwrite ImageNet's statistics), so the same
+  frame gives the same features in training and at inference, and features of a frozen encoder
+  can be computed once per dataset frame (`encode`) and fed to `project` instead.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class TimmVisionTower(nn.Module):
         pretrained: bool = False,
         pretrained_path: str | Path | None = None,
         max_tokens: int | None = None,
+        keep_norm_statistics: bool = False,
         **model_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -88,6 +94,9 @@ class TimmVisionTower(nn.Module):
         self.model = _create_timm_model(model_name, model_kwargs)
         if pretrained_path is not None:
             load_timm_weights(self.model, pretrained_path, model_name)
+        # set from the config, not from whether a file was loaded: a checkpoint rebuilds the
+        # tower without the file and must behave as the trained one did
+        self.keeps_norm_statistics = keep_norm_statistics or pretrained_path is not None
         scale, shift = _input_affine(self.model)
         # [-1, 1] -> the model's normalization in one multiply-add; derived from the model's
         # config, so not saved (non-persistent) and checkpoints hold only learned weights.
@@ -104,6 +113,7 @@ class TimmVisionTower(nn.Module):
                 parameter.requires_grad_(False)
         self.feature_dim = layout.channels
         self.projector = nn.Linear(layout.channels, out_width)
+        self.train(self.training)
 
     # ------------------------------------------------------------------ shapes
     def layout(self, image_size: ImageSize | None = None) -> FeatureLayout:
@@ -128,13 +138,27 @@ class TimmVisionTower(nn.Module):
         """(B, 3, H, W) in [-1, 1] -> (B, 3, H, W) as the model was trained: ((x+1)/2 - mean) / std."""
         return pixels * self.input_scale + self.input_shift
 
+    def train(self, mode: bool = True) -> TimmVisionTower:
+        super().train(mode)
+        if self.keeps_norm_statistics:
+            self.model.eval()  # BatchNorm uses (and keeps) the pretrained statistics
+        return self
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [-1, 1] -> (B, N, out_width) image tokens."""
+        return self.project(self.encode(pixels))
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float in [-1, 1] -> (B, N, feature_dim): the encoder's tokens, before the
+        projector (what a frozen encoder's per-frame feature cache holds)."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"expected pixels of shape (B, 3, H, W), got {tuple(pixels.shape)}")
         features = self.model.forward_features(self.normalize(pixels))
-        tokens = self.tokens(features, (pixels.shape[-2], pixels.shape[-1]))  # (B, N, C)
-        return self.projector(tokens)  # (B, N, out_width)
+        return self.tokens(features, (pixels.shape[-2], pixels.shape[-1]))  # (B, N, C)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, feature_dim) encoder tokens -> (B, N, out_width) decoder tokens."""
+        return self.projector(tokens)
 
     def tokens(self, features: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
         """`forward_features` output -> (B, N, C) tokens: prefix dropped, pooled to max_tokens."""

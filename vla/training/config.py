@@ -49,6 +49,9 @@ class OptimSection:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
     backbone_lr_scale: float = 1.0  # 0 freezes the backbone
+    # the timm image encoder's learning rate relative to `lr` (its projector trains at `lr`);
+    # 0 freezes it, and its features are then computed once per dataset frame
+    vision_lr_scale: float = 1.0
     lora_rank: int = 0  # > 0: train LoRA adapters (peft) instead of the backbone's weights
     lora_alpha: float = 16.0
 

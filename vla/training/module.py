@@ -16,6 +16,7 @@ from vla.config import VLAConfig
 from vla.model import VLAModel
 from vla.processor import Processor
 from vla.training.config import TrainConfig
+from vla.training.frozen_features import FrozenImageFeatures
 
 
 class VLATrainingModule(L.LightningModule):
@@ -26,8 +27,13 @@ class VLATrainingModule(L.LightningModule):
         self.train_config = train_config
         self.model = VLAModel(model_config)
         self.processor = processor
+        # set by `train` when the image encoder is frozen: its features, looked up per sample
+        self.frozen_features: FrozenImageFeatures | None = None
         if train_config.optim.backbone_lr_scale == 0:
             self.model.backbone.requires_grad_(False)
+        encoder = self.image_encoder
+        if encoder is not None and train_config.optim.vision_lr_scale == 0:
+            encoder.requires_grad_(False)
         elif train_config.optim.lora_rank > 0:
             from vla.training.lora import add_lora
 
@@ -35,13 +41,26 @@ class VLATrainingModule(L.LightningModule):
                 self.model.backbone, train_config.optim.lora_rank, train_config.optim.lora_alpha
             )
 
+    @property
+    def image_encoder(self) -> torch.nn.Module | None:
+        """The timm encoder (without its projector), or None for SigLIP."""
+        tower = self.model.backbone.image_encoder
+        return None if tower is None else tower.model
+
+    @property
+    def encoder_is_frozen(self) -> bool:
+        return self.image_encoder is not None and self.train_config.optim.vision_lr_scale == 0
+
+    def with_frozen_features(self, batch: dict) -> dict:
+        return batch if self.frozen_features is None else self.frozen_features.attach(batch)
+
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
         # Every random draw of a step (reasoning dropout, flow noise and time) comes from seeds
         # keyed by (seed, step, rank), so a resumed run draws exactly what the uninterrupted
         # run would have drawn at the same step.
         step_seed = [self.train_config.trainer.seed, self.global_step, self.global_rank]
         inputs, actions, action_is_pad = self.processor.training_inputs(
-            batch, np.random.default_rng(step_seed)
+            self.with_frozen_features(batch), np.random.default_rng(step_seed)
         )
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -63,7 +82,7 @@ class VLATrainingModule(L.LightningModule):
         with torch.no_grad():
             images = sum(
                 self.model.backbone.embed_images(p[:1]).shape[1] for p in inputs.images.values()
-            )
+            ) + sum(features.shape[1] for features in (inputs.image_features or {}).values())
         reasoning = 0 if inputs.reasoning_ids is None else inputs.reasoning_ids.shape[1]
         tokens = (
             images + inputs.text_ids.shape[1] + reasoning + 1 + self.model.config.action_horizon
@@ -72,7 +91,9 @@ class VLATrainingModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_index: int) -> None:
         rng = np.random.default_rng([self.train_config.trainer.seed, batch_index])
-        inputs, actions, action_is_pad = self.processor.training_inputs(batch, rng)
+        inputs, actions, action_is_pad = self.processor.training_inputs(
+            self.with_frozen_features(batch), rng
+        )
         generator = torch.Generator(device=actions.device).manual_seed(batch_index)
         noise = torch.randn(
             actions.shape, generator=generator, device=actions.device, dtype=actions.dtype
@@ -98,15 +119,30 @@ class VLATrainingModule(L.LightningModule):
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return type
         optim = self.train_config.optim
-        backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        rest = [
-            p
-            for name, p in self.model.named_parameters()
-            if p.requires_grad and not name.startswith("backbone.")
+        encoder = self.image_encoder
+        encoder_ids = set() if encoder is None else {id(p) for p in encoder.parameters()}
+        backbone_ids = {id(p) for p in self.model.backbone.parameters()}
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        scales = {
+            "rest": 1.0,
+            "backbone": optim.backbone_lr_scale,
+            "vision": optim.vision_lr_scale * optim.backbone_lr_scale,
+        }
+        members: dict[str, list] = {name: [] for name in scales}
+        for p in trainable:
+            group = (
+                "vision"
+                if id(p) in encoder_ids
+                else "backbone"
+                if id(p) in backbone_ids
+                else "rest"
+            )
+            members[group].append(p)
+        groups = [
+            {"params": params, "lr": optim.lr * scales[name]}
+            for name, params in members.items()
+            if params
         ]
-        groups = [{"params": rest, "lr": optim.lr}]
-        if backbone:
-            groups.append({"params": backbone, "lr": optim.lr * optim.backbone_lr_scale})
         optimizer = torch.optim.AdamW(
             groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
         )
@@ -135,12 +171,15 @@ class VLADataModule(L.LightningDataModule):
         train_config: TrainConfig,
         model_config: VLAConfig,
         reader: LeRobotDatasetReader | None = None,
+        precomputed_images: bool = False,
     ) -> None:
-        """`reader`: the dataset already opened by the caller, so its tables are read once."""
+        """`reader`: the dataset already opened by the caller, so its tables are read once;
+        `precomputed_images`: the model gets frozen features, so no image is decoded."""
         super().__init__()
         self.train_config = train_config
         self.model_config = model_config
         self.reader = reader
+        self.precomputed_images = precomputed_images
 
     def setup(self, stage: str | None = None) -> None:
         data = self.train_config.data
@@ -155,18 +194,19 @@ class VLADataModule(L.LightningDataModule):
                 f"{data.path}: validation_episodes={data.validation_episodes} leaves no training episodes"
             )
         training = episodes[: len(episodes) - len(held_out)]
+        cameras = [] if self.precomputed_images else list(self.model_config.cameras)
         self.train_set = ActionChunkDataset(
             self.reader,
             action_horizon=self.model_config.action_horizon,
             episodes=training,
-            cameras=list(self.model_config.cameras),
+            cameras=cameras,
         )
         self.val_set = (
             ActionChunkDataset(
                 self.reader,
                 action_horizon=self.model_config.action_horizon,
                 episodes=held_out,
-                cameras=list(self.model_config.cameras),
+                cameras=cameras,
             )
             if held_out
             else None

@@ -28,6 +28,7 @@ from vla.config import VLAConfig
 from vla.processor import Processor
 from vla.tokenizer import load_tokenizer, train_tokenizer
 from vla.training.config import TrainConfig, save_config
+from vla.training.frozen_features import FrozenImageFeatures
 from vla.training.module import VLADataModule, VLATrainingModule
 
 
@@ -111,7 +112,13 @@ def train(
     stats = reader.stats
     processor = Processor(model_config, processor_config, stats, tokenizer, spec)
     module = VLATrainingModule(config, model_config, processor)
-    data = VLADataModule(config, model_config, reader)
+    if module.encoder_is_frozen:
+        module.frozen_features = FrozenImageFeatures.for_dataset(
+            module.model.backbone.image_encoder, reader, spec, model_config.image_size
+        )
+    data = VLADataModule(
+        config, model_config, reader, precomputed_images=module.frozen_features is not None
+    )
 
     trainer = L.Trainer(
         max_steps=config.trainer.max_steps,
