@@ -13,7 +13,7 @@ from conftest import TASKS, dataset_stats, fake_inputs, observation
 
 from data.reasoning import ObjectBox, Reasoning, format_reasoning
 from vla.config import VLAConfig
-from vla.model import VLAModel
+from vla.model import ModelInputs, VLAModel
 from vla.policy import VLAPolicy
 from vla.processor import Processor, ProcessorConfig
 from vla.tokenizer import train_tokenizer
@@ -154,3 +154,34 @@ def test_policy_regenerates_every_k_chunks(processor: Processor) -> None:
     assert isinstance(policy.last_reasoning, str)
     out = policy.infer([observation(0), observation(1)], think=True)
     assert out["actions"].shape == (2, 4, 7) and len(out["reasoning"]) == 2
+
+
+def test_split_reasoning_passes_give_the_padded_single_pass_loss() -> None:
+    """Items with and without a chain trained as two passes: same losses and gradients as one
+    pass with every item padded to the longest chain."""
+    config = VLAConfig.named("tiny", action_horizon=4, num_inference_steps=2)
+    torch.manual_seed(0)
+    model = VLAModel(config)
+    inputs = ModelInputs.fake(config, batch=3)
+    ids = torch.randint(0, 500, (3, 7))
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[0, :7], mask[2, :4] = True, True  # item 1 acts without thinking
+    inputs = replace(inputs, reasoning_ids=ids, reasoning_mask=mask)
+    assert [rows.tolist() for rows in inputs.reasoning_groups()] == [[0, 2], [1]]
+    actions, noise = torch.randn(3, 4, 7), torch.randn(3, 4, 7)
+    time, pad = torch.tensor([0.2, 0.5, 0.9]), torch.zeros(3, 4, dtype=torch.bool)
+    pad[2, 3] = True
+    results = []
+    for split in (True, False):
+        model.zero_grad()
+        losses = model.compute_loss(
+            inputs, actions, pad, noise=noise, time=time, split_reasoning=split
+        )
+        losses["loss"].backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append(({k: v.detach() for k, v in losses.items()}, grads))
+    (split_losses, split_grads), (single_losses, single_grads) = results
+    assert split_losses.keys() == single_losses.keys() == {"loss", "action_loss", "reasoning_loss"}
+    for key in split_losses:
+        assert torch.allclose(split_losses[key], single_losses[key], atol=1e-6), key
+    assert torch.allclose(split_grads, single_grads, atol=1e-5)

@@ -45,6 +45,41 @@ class ModelInputs:
     def without_reasoning(self) -> ModelInputs:
         return replace(self, reasoning_ids=None, reasoning_mask=None)
 
+    def select(self, rows: torch.Tensor) -> ModelInputs:
+        """The items `rows` (K,) of the batch; reasoning trimmed to the longest selected chain,
+        and dropped when none of them has one."""
+        reasoning_ids = reasoning_mask = None
+        if self.reasoning_mask is not None:
+            mask = self.reasoning_mask[rows]  # (K, R)
+            width = int(mask.sum(dim=1).max()) if len(rows) else 0
+            if width > 0:
+                reasoning_ids, reasoning_mask = self.reasoning_ids[rows, :width], mask[:, :width]
+        return ModelInputs(
+            images={camera: pixels[rows] for camera, pixels in self.images.items()},
+            text_ids=self.text_ids[rows],
+            text_mask=self.text_mask[rows],
+            state=self.state[rows],
+            reasoning_ids=reasoning_ids,
+            reasoning_mask=reasoning_mask,
+            image_features=None
+            if self.image_features is None
+            else {camera: features[rows] for camera, features in self.image_features.items()},
+        )
+
+    def reasoning_groups(self) -> list[torch.Tensor]:
+        """Row indices of the items with a chain and of those without, each group non-empty.
+
+        Why: under reasoning dropout about half a training batch acts without thinking, yet a
+        single pass pads every item to the longest chain (~100 tokens beside ~60 of images and
+        instruction). Two passes, one per group, skip that padding; the loss is the same.
+        """
+        batch = self.state.shape[0]
+        if self.reasoning_mask is None:
+            return [torch.arange(batch, device=self.state.device)]
+        thinking = self.reasoning_mask.any(dim=1)  # (B,)
+        groups = [torch.nonzero(thinking).flatten(), torch.nonzero(~thinking).flatten()]
+        return [rows for rows in groups if len(rows)]
+
     @classmethod
     def fake(
         cls,
@@ -175,9 +210,14 @@ class VLAModel(nn.Module):
         action_is_pad: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         time: torch.Tensor | None = None,
+        split_reasoning: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Masked MSE of the expert's prediction (padded chunk positions do not count), plus the
-        cross-entropy of the reasoning tokens when the batch has any."""
+        cross-entropy of the reasoning tokens when the batch has any.
+
+        `split_reasoning` runs items with and without a chain as two passes
+        (`ModelInputs.reasoning_groups`); False pads all into one (the reference it must equal).
+        """
         batch = actions.shape[0]
         noise = torch.randn_like(actions) if noise is None else noise
         if self.config.objective == "flow":
@@ -195,20 +235,29 @@ class VLAModel(nn.Module):
             noisy = self.scheduler.add_noise(actions, noise, time.long())
             target = noise
             model_time = time.to(actions.dtype) / self.config.diffusion_train_steps
-        prefix_hidden, prediction = self._joint(inputs, noisy, model_time)
-        per_step = ((prediction - target) ** 2).mean(dim=-1)  # (B, H)
-        valid = (
-            torch.ones_like(per_step) if action_is_pad is None else (~action_is_pad).to(per_step)
-        )
-        action_loss = (per_step * valid).sum() / valid.sum().clamp(min=1)
+        valid = torch.ones(actions.shape[:2], dtype=actions.dtype, device=actions.device)
+        if action_is_pad is not None:
+            valid = (~action_is_pad).to(valid)  # (B, H)
+        action_sum = reasoning_sum = reasoning_tokens = torch.zeros((), device=actions.device)
+        groups = inputs.reasoning_groups() if split_reasoning else [None]
+        for rows in groups:  # the thinking items, then the others: sums, normalized once below
+            group = inputs if rows is None else inputs.select(rows)
+            pick = slice(None) if rows is None else rows
+            prefix_hidden, prediction = self._joint(group, noisy[pick], model_time[pick])
+            per_step = ((prediction - target[pick]) ** 2).mean(dim=-1)  # (K, H)
+            action_sum = action_sum + (per_step * valid[pick]).sum()
+            if group.reasoning_ids is not None and group.reasoning_mask.any():
+                logits = self.reasoning_logits(group, prefix_hidden)  # (K, R, vocab)
+                token_loss = F.cross_entropy(
+                    logits.flatten(0, 1), group.reasoning_ids.flatten(), reduction="none"
+                )
+                weights = group.reasoning_mask.flatten().to(token_loss)
+                reasoning_sum = reasoning_sum + (token_loss * weights).sum()
+                reasoning_tokens = reasoning_tokens + weights.sum()
+        action_loss = action_sum / valid.sum().clamp(min=1)
         losses = {"loss": action_loss, "action_loss": action_loss}
-        if inputs.reasoning_ids is not None and inputs.reasoning_mask.any():
-            logits = self.reasoning_logits(inputs, prefix_hidden)  # (B, R, vocab)
-            token_loss = F.cross_entropy(
-                logits.flatten(0, 1), inputs.reasoning_ids.flatten(), reduction="none"
-            )
-            weights = inputs.reasoning_mask.flatten().to(token_loss)
-            reasoning_loss = (token_loss * weights).sum() / weights.sum()
+        if reasoning_tokens > 0:
+            reasoning_loss = reasoning_sum / reasoning_tokens
             losses["reasoning_loss"] = reasoning_loss
             losses["loss"] = action_loss + self.config.reasoning_loss_weight * reasoning_loss
         return losses
