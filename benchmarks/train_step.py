@@ -1,9 +1,14 @@
 """Cost of one training step (forward + backward + AdamW) for the CPU model configs.
 
-Compares, in one run and on the same random batch: `tiny` (64 image tokens per camera) vs
-`tiny-fast` (16), each with a reasoning chain of 80 tokens on every sample and without any
-(act-only training, `processor.reasoning_dropout=1.0`). This is what sets how many steps the
-quickstart can afford in its time budget.
+Compares, in one run and on the same kind of random batch, what sets how many steps a CPU run
+can afford in its time budget:
+- `tiny-fast` (a from-scratch 2-layer ViT, 16 tokens per camera) and `tiny-effnet` (ImageNet
+  EfficientNet-Lite0, 16 tokens per camera) with its encoder three ways: frozen with per-frame
+  features computed once (`optim.vision_lr_scale=0`: the step never runs the encoder), frozen
+  but run live on every step, and fine-tuned (`vision_lr_scale=0.1`: forward and backward);
+- act-only training (`processor.reasoning_dropout=1.0`) vs reasoning dropout 0.5 (half the
+  batch carries a 100-token chain, the quickstart's length), the latter both as two passes
+  (items with and without a chain, the default) and as one padded pass.
 
     .venv/bin/python benchmarks/train_step.py [--batch-size 32] [--repeats 8]
 """
@@ -14,6 +19,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,40 +30,85 @@ from common import machine_description  # noqa: E402
 from vla.config import VLAConfig  # noqa: E402
 from vla.model import ModelInputs, VLAModel  # noqa: E402
 
+CHAIN_TOKENS = 100
 
-def batch(config: VLAConfig, size: int, reasoning_tokens: int) -> ModelInputs:
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    config: str
+    vision: str  # "trained" | "features" | "frozen-live" | "fine-tuned"
+    thinking_fraction: float  # share of the batch with a chain (1 - reasoning dropout)
+    split_reasoning: bool = True
+
+
+VARIANTS = (
+    Variant("tiny-fast, act-only", "tiny-fast", "trained", 0.0),
+    Variant("tiny-fast, dropout 0.5", "tiny-fast", "trained", 0.5),
+    Variant("tiny-effnet frozen, features once, act-only", "tiny-effnet", "features", 0.0),
+    Variant("tiny-effnet frozen, features once, dropout 0.5", "tiny-effnet", "features", 0.5),
+    Variant(
+        "tiny-effnet frozen, features once, dropout 0.5, one padded pass",
+        "tiny-effnet",
+        "features",
+        0.5,
+        split_reasoning=False,
+    ),
+    Variant(
+        "tiny-effnet frozen, encoder run every step, act-only", "tiny-effnet", "frozen-live", 0.0
+    ),
+    Variant("tiny-effnet fine-tuned, act-only", "tiny-effnet", "fine-tuned", 0.0),
+)
+
+
+def batch(model: VLAModel, size: int, variant: Variant) -> ModelInputs:
+    config = model.config
     generator = torch.Generator().manual_seed(0)
-    images = {
-        camera: torch.rand(size, 3, config.image_size, config.image_size, generator=generator) * 2
-        - 1
-        for camera in config.cameras
-    }
-    reasoning = {}
-    if reasoning_tokens:
-        reasoning = {
-            "reasoning_ids": torch.randint(3, 500, (size, reasoning_tokens), generator=generator),
-            "reasoning_mask": torch.ones(size, reasoning_tokens, dtype=torch.bool),
-        }
-    return ModelInputs(
-        images=images,
+    inputs = ModelInputs(
+        images={
+            camera: torch.rand(size, 3, config.image_size, config.image_size, generator=generator)
+            * 2
+            - 1
+            for camera in config.cameras
+        },  # camera -> (B, 3, S, S)
         text_ids=torch.randint(3, 500, (size, 12), generator=generator),
         text_mask=torch.ones(size, 12, dtype=torch.bool),
         state=torch.randn(size, config.state_dim, generator=generator),
-        **reasoning,
     )
+    thinking = round(size * variant.thinking_fraction)
+    if thinking:
+        mask = torch.zeros(size, CHAIN_TOKENS, dtype=torch.bool)
+        mask[:thinking] = True
+        ids = torch.randint(3, 500, (size, CHAIN_TOKENS), generator=generator)
+        inputs = replace(inputs, reasoning_ids=ids, reasoning_mask=mask)
+    if variant.vision == "features":
+        encoder = model.backbone.image_encoder
+        with torch.no_grad():
+            features = {camera: encoder.encode(pixels) for camera, pixels in inputs.images.items()}
+        inputs = replace(inputs, images={}, image_features=features)  # camera -> (B, N, C)
+    return inputs
 
 
-def step_seconds(name: str, reasoning_tokens: int, batch_size: int, repeats: int) -> float:
+def step_seconds(variant: Variant, batch_size: int, repeats: int) -> float:
     torch.manual_seed(0)
-    config = VLAConfig.named(name)
-    model = VLAModel(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    inputs = batch(config, batch_size, reasoning_tokens)
-    actions = torch.randn(batch_size, config.action_horizon, config.action_dim)
+    model = VLAModel(VLAConfig.named(variant.config)).train()
+    encoder = model.backbone.image_encoder
+    if variant.vision in ("features", "frozen-live"):
+        encoder.model.requires_grad_(False)
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-4}]
+    if variant.vision == "fine-tuned":
+        encoder_ids = {id(p) for p in encoder.model.parameters()}
+        groups = [
+            {"params": [p for p in model.parameters() if id(p) not in encoder_ids], "lr": 1e-4},
+            {"params": list(encoder.model.parameters()), "lr": 1e-5},
+        ]
+    optimizer = torch.optim.AdamW(groups)
+    inputs = batch(model, batch_size, variant)
+    actions = torch.randn(batch_size, model.config.action_horizon, model.config.action_dim)
     times = []
     for index in range(repeats + 2):
         started = time.perf_counter()
-        loss = model.compute_loss(inputs, actions)["loss"]
+        loss = model.compute_loss(inputs, actions, split_reasoning=variant.split_reasoning)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -72,19 +123,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=8)
     args = parser.parse_args()
     print(f"machine: {machine_description()}; torch threads {torch.get_num_threads()}")
-    rows = {}
-    for name in ("tiny", "tiny-fast"):
-        for reasoning_tokens in (80, 0):
-            rows[(name, reasoning_tokens)] = step_seconds(
-                name, reasoning_tokens, args.batch_size, args.repeats
-            )
-    reference = rows[("tiny", 80)]
-    print(
-        f"| config | reasoning tokens | ms per step (batch {args.batch_size}) | vs tiny + reasoning |"
-    )
-    print("| --- | ---: | ---: | ---: |")
-    for (name, tokens), seconds in rows.items():
-        print(f"| {name} | {tokens} | {seconds * 1e3:.0f} | {reference / seconds:.1f}x faster |")
+    rows = {variant: step_seconds(variant, args.batch_size, args.repeats) for variant in VARIANTS}
+    reference = rows[VARIANTS[0]]
+    print(f"| variant | ms per step (batch {args.batch_size}) | vs tiny-fast act-only |")
+    print("| --- | ---: | ---: |")
+    for variant, seconds in rows.items():
+        print(f"| {variant.label} | {seconds * 1e3:.0f} | {seconds / reference:.2f}x |")
     return 0
 
 
