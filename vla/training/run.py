@@ -12,6 +12,7 @@ its meta/info.json stores it), so whoever deploys the checkpoint renders what tr
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from vla.tokenizer import load_tokenizer, train_tokenizer
 from vla.training.config import TrainConfig, save_config
 from vla.training.frozen_features import FrozenImageFeatures
 from vla.training.module import VLADataModule, VLATrainingModule
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -113,6 +116,12 @@ def train(
     processor = Processor(model_config, processor_config, stats, tokenizer, spec)
     module = VLATrainingModule(config, model_config, processor)
     if module.encoder_is_frozen:
+        if processor_config.image_shift > 0:
+            log.warning(
+                "processor.image_shift=%d does not apply: the frozen encoder's features are "
+                "computed once from unshifted frames",
+                processor_config.image_shift,
+            )
         module.frozen_features = FrozenImageFeatures.for_dataset(
             module.model.backbone.image_encoder, reader, spec, model_config.image_size
         )
