@@ -32,7 +32,7 @@ def test_config_file_overrides_and_errors(tmp_path: Path) -> None:
         and config.model.overrides == {"action_horizon": 8}
         and config.trainer.ema_decay is None
     )
-    assert config.data.path == "outputs/quickstart/dataset" and config.model.name == "tiny-fast"
+    assert config.data.path == "outputs/quickstart/dataset" and config.model.name == "tiny-effnet"
     with pytest.raises(ConfigError, match="did you mean 'optim.lr'"):
         load_config(None, ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="did you mean 'trainer'"):
