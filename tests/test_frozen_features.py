@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import observation
 from safetensors.torch import load_file
 
 from data.reader import LeRobotDatasetReader
@@ -122,12 +123,5 @@ def test_training_keeps_the_pretrained_encoder_as_configured(
     assert loaded.model.backbone.image_encoder.keeps_norm_statistics
     assert not (tmp_path / "empty").exists()
     policy = VLAPolicy.from_pretrained(export)
-    rng = np.random.default_rng(0)
-    obs = {
-        "observation.images.agentview": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
-        "observation.images.wrist": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
-        "observation.state": rng.normal(size=8).astype(np.float32),
-        "task": "task 0",
-    }
-    actions = policy.infer([obs])["actions"]
+    actions = policy.infer([observation(size=32, task="task 0")])["actions"]
     assert actions.shape == (1, 8, 7) and np.isfinite(actions).all()
