@@ -29,7 +29,6 @@ from data.schema import ACTION_KEY, STATE_KEY, TASK_KEY, image_key
 from data.torch_dataset import ActionChunkDataset
 from vla.policy import VLAPolicy
 
-
 # Tag dropout in training shows the expert chains without single fields: which ones, left out of
 # a generated chain, make its actions better?
 DROPPED_FIELDS = (("move",), ("gripper",), ("move", "gripper"), ("objects",))
@@ -48,9 +47,7 @@ def field_errors(generated: Reasoning, label: Reasoning) -> dict[str, float]:
         errors["gripper px"] = float(distances.mean())
     truth = {box.name: box.box for box in label.objects}
     centres = [
-        np.linalg.norm(
-            np.subtract(box.box, truth[box.name]).reshape(2, 2).mean(axis=0)
-        )
+        np.linalg.norm(np.subtract(box.box, truth[box.name]).reshape(2, 2).mean(axis=0))
         for box in generated.objects
         if box.name in truth
     ]
@@ -102,7 +99,9 @@ def main() -> int:
             )
         for name, out in outputs.items():
             predicted = out["actions"][0][: args.steps, :6]
-            action_errors.setdefault(name, []).append(float(np.abs(predicted - demonstrated).mean()))
+            action_errors.setdefault(name, []).append(
+                float(np.abs(predicted - demonstrated).mean())
+            )
     print(f"{args.frames} frames of {args.dataset}, checkpoint {args.checkpoint}")
     print("| chain field | generated vs label |")
     print("| --- | ---: |")
