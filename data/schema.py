@@ -40,6 +40,14 @@ REASONING_FIELDS = (PLAN_KEY, SUBTASK_KEY, MOVE_KEY, GRIPPER_PX_KEY, OBJECTS_KEY
 """The per-frame chain-of-thought columns, in canonical order."""
 REASONING_TEXT_FIELDS = tuple(key for key in REASONING_FIELDS if key != GRIPPER_PX_KEY)
 """The reasoning columns stored as strings (the gripper trace is an int16 vector)."""
+# The same labels of an earlier frame of the episode (ActionChunkDataset(reasoning_lag=...)): a
+# stale chain, the kind a policy that reuses or mis-generates its chain reads (training only).
+LAGGED_PREFIX = "lagged."
+
+
+def lagged_key(key: str) -> str:
+    return LAGGED_PREFIX + key
+
 
 # ----------------------------------------------------------------------------- vector layouts
 STATE_NAMES = (

@@ -31,6 +31,7 @@ from data.schema import (
     ACTION_IS_PAD_KEY,
     ACTION_KEY,
     GRIPPER_PX_KEY,
+    LAGGED_PREFIX,
     OBSERVATION_IS_PAD_KEY,
     REASONING_TEXT_FIELDS,
     STATE_KEY,
@@ -55,10 +56,12 @@ class ActionChunkDataset(Dataset):
                                 repeated; the loss must ignore them)
       task                      str
       reasoning.*               str labels, reasoning.gripper_px int16 (10,)   (if present)
+      lagged.reasoning.*        the same labels 1..reasoning_lag frames earlier (if > 0)
       episode_index, frame_index, index   int
 
     `episodes` restricts samples to those episodes (train/validation splits); `cameras` picks
-    camera keys (default: all); `frame_cache` forces the decoded-frame cache on or off.
+    camera keys (default: all); `frame_cache` forces the decoded-frame cache on or off;
+    `reasoning_lag` adds an earlier frame's labels (stale-chain training, vla/processor.py).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class ActionChunkDataset(Dataset):
         cameras: Sequence[str] | None = None,
         include_reasoning: bool = True,
         frame_cache: bool | None = None,
+        reasoning_lag: int = 0,
     ) -> None:
         if action_horizon < 1 or n_obs_steps < 1:
             raise ValueError(
@@ -80,6 +84,9 @@ class ActionChunkDataset(Dataset):
         )
         self.action_horizon = action_horizon
         self.n_obs_steps = n_obs_steps
+        if reasoning_lag < 0:
+            raise ValueError(f"reasoning_lag must be >= 0, got {reasoning_lag}")
+        self.reasoning_lag = reasoning_lag
         for key in (STATE_KEY, ACTION_KEY):
             if key not in self.reader.features:
                 raise KeyError(
@@ -188,11 +195,21 @@ class ActionChunkDataset(Dataset):
         for key in self.camera_keys:
             frames = np.stack([self._frame(key, history_row) for history_row in history_rows])
             sample[key] = torch.from_numpy(self._squeeze_history(frames))  # (T, h, w, 3)
-        for key, column in self.reasoning_text.items():
-            sample[key] = column[row].as_py()
-        if self.gripper_trace is not None:
-            sample[GRIPPER_PX_KEY] = torch.from_numpy(self.gripper_trace[row].copy())
+        self._add_reasoning(sample, row, "")
+        if self.reasoning_lag:
+            self._add_reasoning(sample, max(start, row - self._lag(row)), LAGGED_PREFIX)
         return sample
+
+    def _add_reasoning(self, sample: dict[str, Any], row: int, prefix: str) -> None:
+        for key, column in self.reasoning_text.items():
+            sample[prefix + key] = column[row].as_py()
+        if self.gripper_trace is not None:
+            sample[prefix + GRIPPER_PX_KEY] = torch.from_numpy(self.gripper_trace[row].copy())
+
+    def _lag(self, row: int) -> int:
+        """1..reasoning_lag frames, fixed per row (a multiplicative hash: no rng to reseed on
+        resume, and neighbouring frames get different lags)."""
+        return 1 + (row * 2654435761 % 2**32) % self.reasoning_lag
 
     def _frame(self, key: str, row: int) -> np.ndarray:
         if key in self._encoded_images:

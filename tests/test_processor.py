@@ -24,6 +24,7 @@ from data.schema import (
 )
 from data.torch_dataset import ActionChunkDataset
 from vla.config import VLAConfig
+from vla.model import VLAModel
 from vla.processor import Processor, ProcessorConfig
 from vla.tokenizer import train_tokenizer
 
@@ -221,3 +222,52 @@ def test_bad_observation_spec_names_the_source_and_key(edit, message) -> None:
     edit(payload)
     with pytest.raises(SpecError, match=message):
         ObservationSpec.from_dict(payload, source="config.json")
+
+
+def test_stale_chains_come_from_an_earlier_frame_and_are_context_only(
+    write_dataset, tokenizer
+) -> None:
+    """Stale-chain training: the chain is an earlier frame's labels (within the lag, same
+    episode), it carries no reasoning loss, and with stale_chain=0 nothing changes."""
+    from data.reasoning import Reasoning, format_reasoning
+
+    root, _ = write_dataset(lengths=(12, 9))
+    plain = ActionChunkDataset(root, action_horizon=2)
+    lagged = ActionChunkDataset(root, action_horizon=2, reasoning_lag=3)
+    for item in range(len(lagged)):
+        sample, frame = lagged[item], plain[item]["frame_index"]
+        earlier = [plain[item - lag] for lag in range(1, 4) if frame - lag >= 0] or [plain[item]]
+        labels = Reasoning.from_frame({k.removeprefix("lagged."): v for k, v in sample.items()})
+        assert labels in [Reasoning.from_frame(row) for row in earlier], item
+    batch = next(iter(DataLoader(lagged, batch_size=6, shuffle=False)))
+    stale = make_processor(
+        tokenizer,
+        lagged.observation_spec,
+        PLAIN.__class__(reasoning_dropout=0.0, tag_dropout=0.0, stale_chain=1.0, stale_chain_lag=3),
+    )
+    inputs, actions, pad = stale.training_inputs(batch, np.random.default_rng(0))
+    texts = stale.decode_reasoning(inputs.reasoning_ids, inputs.reasoning_mask)
+    for index, text in enumerate(texts):
+        lagged_frame = {
+            key.removeprefix("lagged."): batch[key][index]
+            for key in batch
+            if key.startswith("lagged.")
+        }
+        lagged_frame = {k: v.numpy() if torch.is_tensor(v) else v for k, v in lagged_frame.items()}
+        expected = format_reasoning(Reasoning.from_frame(lagged_frame))
+        ids, mask = stale.encode_reasoning([expected])  # truncated as the targets are
+        assert text == stale.decode_reasoning(ids, mask)[0]
+    assert not inputs.reasoning_loss_rows.any()
+    model = VLAModel(CONFIG.replace(action_horizon=2))
+    assert "reasoning_loss" not in model.compute_loss(inputs, actions, pad), "context only"
+
+    # stale_chain=0 draws nothing more: the same batch gives the same targets as before
+    fresh = make_processor(tokenizer, lagged.observation_spec, ProcessorConfig(image_shift=0))
+    base = make_processor(tokenizer, plain.observation_spec, ProcessorConfig(image_shift=0))
+    plain_batch = next(iter(DataLoader(plain, batch_size=6, shuffle=False)))
+    first, _, _ = fresh.training_inputs(batch, np.random.default_rng(5))
+    second, _, _ = base.training_inputs(plain_batch, np.random.default_rng(5))
+    assert_identical(first, second)
+    assert first.reasoning_loss_rows is None
+    with pytest.raises(KeyError, match="reasoning_lag"):
+        stale.training_inputs(plain_batch, np.random.default_rng(0))

@@ -38,12 +38,15 @@ class ModelInputs:
     # for reuse), right-padded and ending with EOS; None when acting without thinking.
     reasoning_ids: torch.Tensor | None = None  # (B, R) long
     reasoning_mask: torch.Tensor | None = None  # (B, R) bool
+    # Training: which items' chains are also reasoning targets (None: all). The others are
+    # stale chains, read by the expert as context only (ProcessorConfig.stale_chain).
+    reasoning_loss_rows: torch.Tensor | None = None  # (B,) bool
     # A frozen encoder's features of some cameras, computed once per dataset frame
     # (vla/training/frozen_features.py); such a camera's entry in `images` is not read.
     image_features: dict[str, torch.Tensor] | None = None  # camera -> (B, N, C)
 
     def without_reasoning(self) -> ModelInputs:
-        return replace(self, reasoning_ids=None, reasoning_mask=None)
+        return replace(self, reasoning_ids=None, reasoning_mask=None, reasoning_loss_rows=None)
 
     def select(self, rows: torch.Tensor) -> ModelInputs:
         """The items `rows` (K,) of the batch; reasoning trimmed to the longest selected chain,
@@ -61,6 +64,9 @@ class ModelInputs:
             state=self.state[rows],
             reasoning_ids=reasoning_ids,
             reasoning_mask=reasoning_mask,
+            reasoning_loss_rows=None
+            if self.reasoning_loss_rows is None or reasoning_ids is None
+            else self.reasoning_loss_rows[rows],
             image_features=None
             if self.image_features is None
             else {camera: features[rows] for camera, features in self.image_features.items()},
@@ -251,7 +257,10 @@ class VLAModel(nn.Module):
                 token_loss = F.cross_entropy(
                     logits.flatten(0, 1), group.reasoning_ids.flatten(), reduction="none"
                 )
-                weights = group.reasoning_mask.flatten().to(token_loss)
+                targets = group.reasoning_mask  # (K, R)
+                if group.reasoning_loss_rows is not None:  # stale chains: context, not targets
+                    targets = targets & group.reasoning_loss_rows[:, None]
+                weights = targets.flatten().to(token_loss)
                 reasoning_sum = reasoning_sum + (token_loss * weights).sum()
                 reasoning_tokens = reasoning_tokens + weights.sum()
         action_loss = action_sum / valid.sum().clamp(min=1)

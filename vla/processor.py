@@ -42,6 +42,7 @@ from data.schema import (
     CameraSpec,
     ObservationSpec,
     image_key,
+    lagged_key,
     rename_keys,
 )
 from vla.config import VLAConfig
@@ -60,6 +61,7 @@ TEXT_IDS = "model.text_ids"
 TEXT_MASK = "model.text_mask"
 REASONING_IDS = "model.reasoning_ids"
 REASONING_MASK = "model.reasoning_mask"
+REASONING_LOSS_ROWS = "model.reasoning_loss_rows"  # (B,) bool: chains that are also targets
 # A frozen encoder's precomputed features of a camera, (B, N, C): stands in for its image.
 IMAGE_FEATURES_PREFIX = "model.image_features."
 
@@ -78,12 +80,26 @@ class ProcessorConfig:
     # sample then teaches acting without thinking); otherwise each tag with `tag_dropout`.
     reasoning_dropout: float = 0.5
     tag_dropout: float = 0.1
+    # Stale-chain training (against exposure bias): of the samples that keep a chain, this share
+    # gets the chain of a frame 1..stale_chain_lag steps earlier instead, as context for the
+    # expert only (no reasoning loss on it), so the expert learns to act on an imperfect chain
+    # (a reused one, or one generated with errors) instead of trusting it over the images.
+    stale_chain: float = 0.0
+    stale_chain_lag: int = 8
     # Random-shift augmentation (training): each image is padded by this many pixels (edge
     # replicated, at the model's resolution) and cropped back at a random offset, so the policy
     # cannot key on exact pixel positions of a few dozen demonstrations (DrQ / Diffusion Policy).
     image_shift: int = 0
     # robot key -> our key, applied before anything else (e.g. {"observation/image": "observation.images.agentview"})
     key_map: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("reasoning_dropout", "tag_dropout", "stale_chain"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"processor.{name} must be a probability in [0, 1], got {value!r}")
+        if self.stale_chain_lag < 1:
+            raise ValueError(f"processor.stale_chain_lag must be >= 1, got {self.stale_chain_lag}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -307,6 +323,7 @@ class ReasoningTargets(Step):
     max_tokens: int
     reasoning_dropout: float
     tag_dropout: float
+    stale_chain: float = 0.0
     training_only: ClassVar[bool] = True
 
     def __call__(self, batch: Batch, context: StepContext) -> Batch:
@@ -314,14 +331,26 @@ class ReasoningTargets(Step):
         if not present:
             return batch
         size = len(batch[present[0]])
-        frames = [
-            {key: _frame_value(batch[key][index]) for key in present} for index in range(size)
-        ]
-        texts = [self.text(frame, context.rng) for frame in frames]
-        ids, mask = encode_reasoning(
-            self.tokenizer, texts, self.max_tokens, batch[STATE_KEY].device
-        )
-        return {**batch, REASONING_IDS: ids, REASONING_MASK: mask}
+        lagged = self.stale_chain > 0 and all(lagged_key(key) in batch for key in present)
+        if self.stale_chain > 0 and not lagged:
+            raise KeyError(
+                f"stale_chain={self.stale_chain} needs the earlier frame's labels "
+                f"({lagged_key(present[0])}, ...): build the dataset with reasoning_lag > 0"
+            )
+        texts, targets = [], []
+        for index in range(size):
+            frame = {key: _frame_value(batch[key][index]) for key in present}
+            stale = lagged and context.rng.random() < self.stale_chain
+            if stale:
+                frame = {key: _frame_value(batch[lagged_key(key)][index]) for key in present}
+            texts.append(self.text(frame, context.rng))
+            targets.append(not stale)
+        device = batch[STATE_KEY].device
+        ids, mask = encode_reasoning(self.tokenizer, texts, self.max_tokens, device)
+        out = {**batch, REASONING_IDS: ids, REASONING_MASK: mask}
+        if lagged:
+            out[REASONING_LOSS_ROWS] = torch.tensor(targets, dtype=torch.bool, device=device)
+        return out
 
     def text(self, frame: Mapping[str, Any], rng: np.random.Generator) -> str | None:
         """One frame's target text after dropout; None = no chain for this sample."""
@@ -451,7 +480,11 @@ class Processor:
             stats, {STATE_KEY: settings.state_norm, ACTION_KEY: settings.action_norm}
         )
         self.reasoning = ReasoningTargets(
-            tokenizer, config.max_reasoning_tokens, settings.reasoning_dropout, settings.tag_dropout
+            tokenizer,
+            config.max_reasoning_tokens,
+            settings.reasoning_dropout,
+            settings.tag_dropout,
+            settings.stale_chain,
         )
         self.pipeline = Pipeline(
             (
@@ -520,6 +553,7 @@ class Processor:
             state=batch[STATE_KEY],
             reasoning_ids=batch.get(REASONING_IDS),
             reasoning_mask=batch.get(REASONING_MASK),
+            reasoning_loss_rows=batch.get(REASONING_LOSS_ROWS),
             image_features=features or None,
         )
 

@@ -195,11 +195,14 @@ class VLADataModule(L.LightningDataModule):
             )
         training = episodes[: len(episodes) - len(held_out)]
         cameras = [] if self.precomputed_images else list(self.model_config.cameras)
+        processor = self.train_config.processor
+        lag = processor.stale_chain_lag if processor.stale_chain > 0 else 0
         self.train_set = ActionChunkDataset(
             self.reader,
             action_horizon=self.model_config.action_horizon,
             episodes=training,
             cameras=cameras,
+            reasoning_lag=lag,
         )
         self.val_set = (
             ActionChunkDataset(
@@ -207,6 +210,7 @@ class VLADataModule(L.LightningDataModule):
                 action_horizon=self.model_config.action_horizon,
                 episodes=held_out,
                 cameras=cameras,
+                reasoning_lag=lag,
             )
             if held_out
             else None
