@@ -1,11 +1,13 @@
-"""Helpers shared by the benchmark scripts: a machine description and a timer."""
+"""Helpers shared by the benchmark scripts: a machine description, a timer, and dataset samples
+as policy observations."""
 
 from __future__ import annotations
 
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 
 def machine_description() -> str:
@@ -34,3 +36,14 @@ def rate(work: Callable[[], int], min_seconds: float = 3.0) -> float:
     while time.perf_counter() - start < min_seconds:
         done += work()
     return done / (time.perf_counter() - start)
+
+
+def observation_from_sample(sample: Mapping[str, Any], cameras: Sequence[str]) -> dict[str, Any]:
+    """An `ActionChunkDataset` sample as the observation a policy is sent: the cameras' images
+    (H x W x 3 uint8, already an observation's layout), the state and the task, as numpy."""
+    from data.schema import STATE_KEY, TASK_KEY, image_key
+
+    keys = (*map(image_key, cameras), STATE_KEY, TASK_KEY)
+    return {
+        key: sample[key].numpy() if hasattr(sample[key], "numpy") else sample[key] for key in keys
+    }

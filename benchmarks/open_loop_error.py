@@ -15,12 +15,11 @@ import sys
 
 import numpy as np
 import torch
+from common import observation_from_sample
 
-from data.schema import ACTION_KEY, DEFAULT_CAMERAS, STATE_KEY, TASK_KEY, image_key
+from data.schema import ACTION_KEY, DEFAULT_CAMERAS
 from data.torch_dataset import ActionChunkDataset
 from vla.policy import VLAPolicy
-
-OBSERVATION_KEYS = (*map(image_key, DEFAULT_CAMERAS), STATE_KEY, TASK_KEY)
 
 
 def main() -> int:
@@ -35,11 +34,7 @@ def main() -> int:
     errors, magnitudes = [], []
     for index in np.random.default_rng(0).choice(len(samples), args.frames, replace=False):
         sample = samples[int(index)]
-        # Images come H x W x 3, the layout of an observation (data/torch_dataset.py).
-        observation = {
-            key: sample[key].numpy() if torch.is_tensor(sample[key]) else sample[key]
-            for key in OBSERVATION_KEYS
-        }
+        observation = observation_from_sample(sample, DEFAULT_CAMERAS)
         torch.manual_seed(0)
         predicted = policy.infer(observation)["actions"][0][: args.steps, :6]  # (steps, 6)
         demonstrated = sample[ACTION_KEY].numpy()[: args.steps, :6]

@@ -22,10 +22,10 @@ import argparse
 import sys
 
 import numpy as np
-import torch
+from common import observation_from_sample
 
 from data.reasoning import REASONING_TAGS, Reasoning, format_reasoning, parse_reasoning
-from data.schema import ACTION_KEY, STATE_KEY, TASK_KEY, image_key
+from data.schema import ACTION_KEY
 from data.torch_dataset import ActionChunkDataset
 from vla.policy import VLAPolicy
 
@@ -68,16 +68,12 @@ def main() -> int:
     samples = ActionChunkDataset(
         args.dataset, action_horizon=policy.config.action_horizon, cameras=list(cameras)
     )
-    keys = (*map(image_key, cameras), STATE_KEY, TASK_KEY)
     fields: dict[str, list[float]] = {}
     action_errors: dict[str, list[float]] = {}
     rng = np.random.default_rng(0)
     for index in rng.choice(len(samples), min(args.frames, len(samples)), replace=False):
         sample = samples[int(index)]
-        observation = {
-            key: sample[key].numpy() if torch.is_tensor(sample[key]) else sample[key]
-            for key in keys
-        }
+        observation = observation_from_sample(sample, cameras)
         label = Reasoning.from_frame(sample)
         demonstrated = sample[ACTION_KEY].numpy()[: args.steps, :6]
         thought = policy.infer(observation, think=True)

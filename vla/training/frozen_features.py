@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from data.reader import LeRobotDatasetReader
-from data.schema import ObservationSpec
+from data.schema import STATE_KEY, ObservationSpec
 from data.torch_dataset import decoded_frame_cache
 from vla.processor import PrepareImages, StepContext, image_features_key
 
@@ -45,10 +45,6 @@ class FrozenImageFeatures:
             raise ValueError("no cameras: frozen features need at least one table")
         self.tables = dict(tables)
 
-    @property
-    def cameras(self) -> tuple[str, ...]:
-        return tuple(self.tables)
-
     def attach(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """The batch with each camera's features for its rows (`batch["index"]`), float32."""
         if "index" not in batch:
@@ -56,7 +52,7 @@ class FrozenImageFeatures:
                 f"frozen features are looked up by the batch's 'index'; it has {sorted(batch)}"
             )
         rows = torch.as_tensor(batch["index"]).long().cpu()  # (B,)
-        device = batch["observation.state"].device if "observation.state" in batch else "cpu"
+        device = batch[STATE_KEY].device if STATE_KEY in batch else "cpu"
         out = dict(batch)
         for camera, table in self.tables.items():
             out[image_features_key(camera)] = table[rows].to(device, torch.float32)  # (B, N, C)
