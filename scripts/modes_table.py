@@ -4,8 +4,9 @@
         [--out outputs/quickstart/modes.md]
 
 Each argument is LABEL=DIR, DIR an eval.py report directory (its report.json). Prints a markdown
-table, one row per task and one column per mode, with each mode's episode count and mean
-milliseconds per policy call, so the speed a mode costs stands beside what it buys.
+table, one row per task and one column per mode (then one row per task family, where the suite
+has families), with each mode's episode count and mean milliseconds per policy call, so the
+speed a mode costs stands beside what it buys.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def main() -> int:
             cells.append(cell(row) if row else "–")
         name = f"**{task}**" if task == "overall" else task
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    families = [row["family"] for row in next(iter(reports.values())).get("families", [])]
+    if families:
+        lines += ["", "| family | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
+    for family in families:
+        cells = []
+        for label in labels:
+            rows = {row["family"]: row for row in reports[label].get("families", [])}
+            cells.append(cell(rows[family]) if family in rows else "–")
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
     latency = []
     for label in labels:
         calls = reports[label]["latency"]

@@ -36,6 +36,8 @@ class EvalMetrics:
     num_envs: int
     crashes: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # task -> family, for suites that group their tasks (SuiteSpec.families); {} for the others
+    task_families: dict[str, str] = field(default_factory=dict)
 
     @property
     def success_rate(self) -> float:
@@ -46,6 +48,21 @@ class EvalMetrics:
         for task in dict.fromkeys(e.task for e in self.episodes):
             episodes = [e for e in self.episodes if e.task == task]
             rows.append(success_row(task, episodes))
+        return rows
+
+    def per_family(self) -> list[dict[str, Any]]:
+        """One success row per task family (pooled over its tasks' episodes), in the order the
+        families first appear; [] when the suite has no families. The row's name is under
+        "family"; "tasks" counts the tasks it pools."""
+        rows = []
+        for family in dict.fromkeys(self.task_families.get(e.task) for e in self.episodes):
+            if family is None:
+                continue
+            episodes = [e for e in self.episodes if self.task_families.get(e.task) == family]
+            row = success_row(family, episodes)
+            row["family"] = row.pop("task")
+            row["tasks"] = len({e.task for e in episodes})
+            rows.append(row)
         return rows
 
     def overall(self) -> dict[str, Any]:
@@ -86,6 +103,7 @@ class EvalMetrics:
             "settings": dict(self.settings),
             "overall": self.overall(),
             "tasks": self.per_task(),
+            "families": self.per_family(),
             "latency": self.latency(),
             "env_steps": self.env_steps,
             "env_steps_per_second": self.env_steps / self.env_seconds if self.env_seconds else 0.0,

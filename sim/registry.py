@@ -48,6 +48,19 @@ class SuiteSpec:
     description: str = ""
     # Optional packages a suite needs (informational; its factory raises with an install hint).
     requires: tuple[str, ...] = field(default=())
+    # The family of each task, in task order ("pick_place", "stack", ...), where the suite groups
+    # its tasks; reports then add one success row per family. Empty: no grouping.
+    families: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.families and len(self.families) != len(self.tasks):
+            raise ValueError(
+                f"suite {self.name!r}: {len(self.families)} families for {len(self.tasks)} tasks"
+            )
+
+    def family_of(self, task: str | int) -> str | None:
+        """The family of `task` (a name or an index), or None when the suite has none."""
+        return self.families[self.index(task)] if self.families else None
 
     def resolve(self, task: str | int) -> str:
         """The name of `task`, given as its name or its index in the suite.

@@ -100,6 +100,18 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
             f"| {row['wilson_low']:.0%}–{row['wilson_high']:.0%} | {row['episodes']} "
             f"| {row['mean_length']:.0f} | {'-' if expert is None else f'{expert:.0%}'} |"
         )
+    if report.get("families"):
+        lines += [
+            "",
+            "| family | tasks | success | 95% CI | mean length |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row in report["families"]:
+            lines.append(
+                f"| {row['family']} | {row['tasks']} | {row['success_rate']:.0%} "
+                f"({row['successes']}/{row['episodes']}) "
+                f"| {row['wilson_low']:.0%}–{row['wilson_high']:.0%} | {row['mean_length']:.0f} |"
+            )
     lines += [
         "",
         "| policy call | calls | mean batch | prefix ms | reasoning ms | denoise ms | total ms | ms per chunk |",

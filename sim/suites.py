@@ -40,6 +40,7 @@ for _name, _description in (
         SuiteSpec(
             name=_name,
             tasks=tuple(spec.instruction for spec in SUITE_TASKS[_name]),
+            families=tuple(spec.family for spec in SUITE_TASKS[_name]),
             factory=partial(_factory, _name),
             max_episode_steps=MAX_EPISODE_STEPS[_name],
             description=_description,

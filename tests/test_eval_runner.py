@@ -203,3 +203,43 @@ def test_eval_renders_at_the_checkpoints_camera_resolution(tmp_path) -> None:  #
     (episode,) = report["episodes"]
     assert episode["task_index"] == 2 and episode["task"] == suite_tasks("quickstart")[2]
     assert episode["error"] is None and report["latency"]["act"]["calls"] > 0
+
+
+def test_family_rows_pool_the_episodes_of_their_tasks() -> None:
+    """The tabletop suite names a family per task; a report's family row counts exactly the
+    episodes of that family's tasks, and the summary prints it."""
+    from sim.catalog import get_suite
+    from sim.metrics import EvalMetrics, RolloutResult
+
+    spec = get_suite("tabletop")
+    counts = {family: spec.families.count(family) for family in dict.fromkeys(spec.families)}
+    assert counts == {"pick_place": 6, "stack": 3, "spatial": 3, "multi_step": 2}
+    assert get_suite("libero_object").families == ()  # no grouping: no family rows
+    tasks = [0, 6, 7, 13]  # pick_place, stack, stack, multi_step
+    episodes = [
+        RolloutResult(spec.tasks[t], t, init, success=(t == 6 or init == 0), steps=10 + t)
+        for t in tasks
+        for init in range(2)
+    ]
+    metrics = EvalMetrics(
+        suite="tabletop",
+        settings={},
+        episodes=episodes,
+        policy_calls=[],
+        env_steps=0,
+        env_seconds=0.0,
+        wall_seconds=0.0,
+        num_envs=1,
+        crashes=0,
+        task_families={spec.tasks[t]: spec.family_of(t) for t in tasks},
+    )
+    rows = {row["family"]: row for row in metrics.to_dict()["families"]}
+    assert list(rows) == ["pick_place", "stack", "multi_step"]
+    assert (rows["stack"]["tasks"], rows["stack"]["episodes"], rows["stack"]["successes"]) == (
+        2,
+        4,
+        3,
+    )
+    assert (rows["pick_place"]["episodes"], rows["pick_place"]["successes"]) == (2, 1)
+    assert rows["multi_step"]["mean_length"] == 23
+    assert "| stack | 2 | 75% (3/4) |" in markdown_summary(metrics.to_dict())

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# One CPU recipe end to end: generate a suite's demonstrations (if absent) -> train a config on
+# them -> evaluate the checkpoint acting without thinking on every task's fixed init states, and
+# thinking on the first few -> print both side by side (per task, and per family where the suite
+# has families). scripts/quickstart.sh (the main job) and scripts/tabletop.sh call it.
+#
+#   bash scripts/recipe.sh --suite tabletop --config configs/tabletop_cpu.yaml --out outputs/tabletop \
+#       [--episodes 30] [--eval-episodes 50] [--think-episodes 10] [--train-scenes 0] [--resume]
+#       [--no-expert-ceiling]
+#
+# Every stage is resumable or cheap to repeat: generation resumes an interrupted dataset and
+# skips a complete one, training resumes from its last checkpoint with --resume. Stage wall times
+# go to OUT/timings.json (docs/results.md quotes them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+suite="" config="" out=""
+episodes=30        # demonstrations per task
+eval_episodes=50   # init states per task (our suites have 50)
+think_episodes=10  # thinking is ~3.5x dearer per call
+train_scenes=0     # >0: also evaluate on that many training scenes per task (fit vs generalize)
+resume=()
+ceiling=(--expert-ceiling)  # the scripted expert on the same init states, beside the policy
+while (($#)); do
+    case $1 in
+        --suite) suite=$2; shift 2 ;;
+        --config) config=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        --episodes) episodes=$2; shift 2 ;;
+        --eval-episodes) eval_episodes=$2; shift 2 ;;
+        --think-episodes) think_episodes=$2; shift 2 ;;
+        --train-scenes) train_scenes=$2; shift 2 ;;
+        --resume) resume=(--resume); shift ;;
+        --no-expert-ceiling) ceiling=(); shift ;;
+        *) echo "recipe.sh: unknown argument '$1' (see the usage at the top of $0)" >&2; exit 2 ;;
+    esac
+done
+if [[ -z "$suite" || -z "$config" || -z "$out" ]]; then
+    echo "recipe.sh: --suite, --config and --out are required (see the usage at the top of $0)" >&2
+    exit 2
+fi
+[[ -f "$config" ]] || { echo "recipe.sh: config '$config' does not exist" >&2; exit 2; }
+
+export MUJOCO_GL="${MUJOCO_GL:-egl}"
+python=.venv/bin/python
+run_name=$(basename "$out")
+mkdir -p "$out"
+timings="$out/timings.tsv"
+: >"$timings"
+
+stage() {  # stage NAME COMMAND...: run it and record its wall time
+    local name=$1
+    shift
+    echo "==> $name: $*"
+    local started=$SECONDS
+    "$@"
+    printf '%s\t%s\n' "$name" "$((SECONDS - started))" >>"$timings"
+}
+
+stage generate .venv/bin/vla-data generate --suite "$suite" --episodes-per-task "$episodes" --out "$out/dataset"
+stage render .venv/bin/vla-data render-episode "$out/dataset" --episode 0 --out "$out/episode0.mp4"
+stage train "$python" train.py --config "$config" "${resume[@]}" name="$run_name" data.path="$out/dataset"
+checkpoint="outputs/runs/$run_name/export"
+# The policy on scenes it was trained on: the gap to the evaluation below is generalization.
+if ((train_scenes > 0)); then
+    stage evaluate_train_scenes "$python" eval.py --checkpoint "$checkpoint" --suite "$suite" \
+        --episodes-per-task "$train_scenes" --envs 2 --noise-scale 0 --train-scenes \
+        --videos-per-task 0 --no-progress --out "$out/eval_train_scenes"
+fi
+
+# Acting without thinking (the fast mode), on every init state, beside the scripted expert.
+# Deterministic sampling (--noise-scale 0) is steadier in closed loop with this little data.
+stage evaluate "$python" eval.py --checkpoint "$checkpoint" --suite "$suite" \
+    --episodes-per-task "$eval_episodes" --envs 2 --noise-scale 0 "${ceiling[@]}" --out "$out/eval"
+modes=(act="$out/eval")
+# The same checkpoint thinking before every chunk, on the first init states of each task; its
+# videos show the generated chain (plan, subtask, motion, gripper trace, boxes) on every frame.
+if ((think_episodes > 0)); then
+    stage evaluate_think "$python" eval.py --checkpoint "$checkpoint" --suite "$suite" \
+        --episodes-per-task "$think_episodes" --envs 2 --noise-scale 0 --think --videos-per-task 1 \
+        --out "$out/eval_think"
+    modes+=(think="$out/eval_think")
+fi
+"$python" scripts/modes_table.py "${modes[@]}" --out "$out/modes.md"
+
+"$python" - "$timings" "$out/timings.json" <<'EOF'
+import json, sys
+rows = [line.split("\t") for line in open(sys.argv[1]).read().splitlines() if line]
+stages = {name: int(seconds) for name, seconds in rows}
+stages["total"] = sum(stages.values())
+json.dump(stages, open(sys.argv[2], "w"), indent=2)
+print("wall time per stage (s): " + ", ".join(f"{k} {v}" for k, v in stages.items()))
+EOF
+echo "reports: $out/eval/summary.md (act), $out/eval_think/summary.md (think), side by side: $out/modes.md"
+echo "videos: $out/eval/videos/, $out/eval_think/videos/ (with the chain drawn)  checkpoint: $checkpoint"
