@@ -11,6 +11,7 @@ on load, as the writer drops uncommitted rows).
 
 from __future__ import annotations
 
+import atexit
 import collections
 import hashlib
 import json
@@ -90,19 +91,38 @@ class GenerationSummary:
 
 
 # ---------------------------------------------------------------------- worker side
-_ENVS: dict[tuple[str, str, tuple[int, int]], Any] = {}
+# The worker's one open env, by (suite, task, image size). Jobs arrive task by task, so one is
+# enough, and holding every task's env (renderer, GL context) would grow a worker by ~200 MB per
+# task of a suite.
+_ENV: dict[tuple[str, str, tuple[int, int]], Any] = {}
+
+
+def _worker_env(key: tuple[str, str, tuple[int, int]]) -> Any:
+    from sim.catalog import make
+
+    if key not in _ENV:
+        _close_worker_env()
+        suite, task, image_size = key
+        _ENV[key] = make(suite, task, image_size=image_size)
+        # closed at exit before MuJoCo's own atexit hook terminates the EGL display (atexit runs
+        # the latest registration first); left to the garbage collector, the renderer's
+        # finalizer then fails with an EGL_NOT_INITIALIZED traceback
+        atexit.register(_close_worker_env)
+    return _ENV[key]
+
+
+def _close_worker_env() -> None:
+    for env in _ENV.values():
+        env.close()
+    _ENV.clear()
 
 
 def run_expert_episode(job: EpisodeJob) -> ExpertEpisode:
     """Roll out the scripted expert once and record frames, actions and reasoning labels."""
-    from sim.catalog import make
     from sim.expert import ExpertStep, rollout
     from sim.labels import EpisodeLabeler
 
-    key = (job.suite, job.task, job.image_size)
-    if key not in _ENVS:
-        _ENVS[key] = make(job.suite, job.task, image_size=job.image_size)
-    env = _ENVS[key]
+    env = _worker_env((job.suite, job.task, job.image_size))
     labeler = EpisodeLabeler(env)
     frames: dict[str, list[Any]] = collections.defaultdict(list)
 

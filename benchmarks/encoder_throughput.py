@@ -1,0 +1,86 @@
+"""Images/s of the frozen image encoder (tiny-effnet's EfficientNet-Lite0 at 128 px), by input
+memory layout and precision, in one run.
+
+Why it matters: a frozen encoder's per-frame features are computed once per dataset before
+training (vla/training/frozen_features.py), and for the 14-task tabletop dataset (55k frames x 2
+cameras) that pass is one of the recipe's largest stages; evaluation runs the same encoder on
+every policy call. Rows:
+- contiguous (NCHW) fp32: PyTorch's default layout;
+- channels-last fp32: what `TimmVisionTower.encode` uses (the same numbers to float rounding);
+- channels-last bf16 autocast: for reference only, not used: its relative error is printed.
+
+    .venv/bin/python benchmarks/encoder_throughput.py [--batch-size 64] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_description  # noqa: E402
+
+from vla.vision import TimmVisionTower  # noqa: E402
+
+
+def seconds_per_call(run: Callable[[], torch.Tensor], repeats: int) -> float:
+    run()  # warm-up: oneDNN picks its kernels on the first call
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    # random weights: the cost does not depend on the values, and no weights cache is needed
+    tower = TimmVisionTower("tf_efficientnet_lite0", 128, 16).eval()
+    pixels = torch.rand(args.batch_size, 3, 128, 128) * 2 - 1  # (B, 3, 128, 128) in [-1, 1]
+    normalized = tower.normalize(pixels)
+    last = normalized.contiguous(memory_format=torch.channels_last)
+
+    def bf16() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return tower.model.forward_features(last)
+
+    rows = {
+        "contiguous fp32": lambda: tower.model.forward_features(normalized),
+        "channels-last fp32 (used)": lambda: tower.model.forward_features(last),
+        "channels-last bf16 autocast (not used)": bf16,
+    }
+    with torch.inference_mode():
+        reference = tower.model.forward_features(normalized)
+        errors = {
+            label: float((run().float() - reference).norm() / reference.norm())
+            for label, run in rows.items()
+        }
+        seconds = {label: seconds_per_call(run, args.repeats) for label, run in rows.items()}
+    print(
+        f"# {machine_description()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(f"batch {args.batch_size}, median of {args.repeats}")
+    print("| input | images/s | vs contiguous fp32 | relative error |")
+    print("| --- | ---: | ---: | ---: |")
+    base = seconds["contiguous fp32"]
+    for label in rows:
+        print(
+            f"| {label} | {args.batch_size / seconds[label]:.0f} | {base / seconds[label]:.2f}x "
+            f"| {errors[label]:.1e} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
