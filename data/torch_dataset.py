@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.features import Feature, observation_spec
-from data.reader import LeRobotDatasetReader, column_to_numpy, decode_image
+from data.reader import Episode, LeRobotDatasetReader, column_to_numpy, decode_image
 from data.schema import (
     ACTION_IS_PAD_KEY,
     ACTION_KEY,
@@ -235,13 +235,13 @@ def _use_frame_cache(reader: LeRobotDatasetReader, key: str, frame_cache: bool |
     return decoded_bytes <= AUTO_FRAME_CACHE_BYTES
 
 
-def decoded_frame_cache(reader: LeRobotDatasetReader, key: str) -> Path:
-    """A .npy file of all frames of one camera, (N, H, W, 3) uint8, decoded once.
+def frame_cache_path(reader: LeRobotDatasetReader, key: str) -> Path:
+    """Where `decoded_frame_cache` keeps camera `key`'s frames; nothing is decoded here.
 
-    Lives in `<dataset>/.cache/` (or a temporary directory when the dataset is read-only) and is
-    named after the dataset's commit state, so appending episodes makes a fresh cache.
+    `<dataset>/.cache/` (or a temporary directory when the dataset is read-only), named after
+    the dataset's commit state, so appending episodes makes a fresh cache. Other per-frame caches
+    (the frozen encoder's features) take their names from it for the same reason.
     """
-    feature: Feature = reader.features[key]
     info_stamp = (reader.root / "meta" / "info.json").stat().st_mtime_ns
     name = f"{key}-{reader.num_frames}-{info_stamp}.npy"
     cache_dir = reader.root / ".cache"
@@ -251,7 +251,22 @@ def decoded_frame_cache(reader: LeRobotDatasetReader, key: str) -> Path:
         digest = hashlib.sha1(str(reader.root.resolve()).encode()).hexdigest()[:16]
         cache_dir = Path(tempfile.gettempdir()) / "vla-frame-cache" / digest
         cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / name
+    return cache_dir / name
+
+
+def episode_frames(reader: LeRobotDatasetReader, key: str, episode: Episode) -> np.ndarray:
+    """All frames of camera `key` in one episode, (T, H, W, 3) uint8, decoded from the dataset."""
+    if reader.features[key].dtype == "video":
+        return reader.episode_video(key, episode)
+    return np.stack([reader.image(key, row) for row in range(episode.from_index, episode.to_index)])
+
+
+def decoded_frame_cache(reader: LeRobotDatasetReader, key: str) -> Path:
+    """A .npy file of all frames of one camera, (N, H, W, 3) uint8, decoded once (at
+    `frame_cache_path`): training on live images reads frames from it, not from PNG or video."""
+    feature: Feature = reader.features[key]
+    path = frame_cache_path(reader, key)
+    cache_dir = path.parent
     if not path.exists():
         for stale in cache_dir.glob(f"{key}-*.npy"):
             if stale != path:
@@ -262,11 +277,7 @@ def decoded_frame_cache(reader: LeRobotDatasetReader, key: str) -> Path:
             partial, mode="w+", dtype=np.uint8, shape=(reader.num_frames, *feature.shape)
         )
         for episode in reader.episodes:
-            if feature.dtype == "video":
-                frames[episode.from_index : episode.to_index] = reader.episode_video(key, episode)
-            else:
-                for row in range(episode.from_index, episode.to_index):
-                    frames[row] = reader.image(key, row)
+            frames[episode.from_index : episode.to_index] = episode_frames(reader, key, episode)
         frames.flush()
         del frames
         partial.rename(path)

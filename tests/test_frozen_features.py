@@ -29,8 +29,11 @@ from vla.training.run import build_tokenizer, train, training_observation_spec
 SMALL_EFFNET = {"image_size": 64, "action_horizon": 8, "num_inference_steps": 3}
 
 
-def test_precomputed_features_give_the_loss_live_images_give(write_dataset, tmp_path: Path) -> None:
-    root, _ = write_dataset(lengths=(12, 9))
+@pytest.mark.parametrize("video", [False, True], ids=["png", "video"])
+def test_precomputed_features_give_the_loss_live_images_give(
+    write_dataset, tmp_path: Path, video: bool
+) -> None:
+    root, _ = write_dataset(lengths=(12, 9), video=video)
     reader = LeRobotDatasetReader(root)
     config = VLAConfig.named("tiny-effnet", **SMALL_EFFNET)
     torch.manual_seed(0)
@@ -45,6 +48,8 @@ def test_precomputed_features_give_the_loss_live_images_give(write_dataset, tmp_
         tower, reader, spec, config.image_size, progress=False
     )
     assert features.tables["agentview"].shape == (reader.num_frames, 4, tower.feature_dim)
+    # frames are encoded straight from the dataset: no decoded-frame cache is left on disk
+    assert not list((root / ".cache").glob("*.npy"))
 
     dataset = ActionChunkDataset(reader, action_horizon=8)
     batch = torch.utils.data.default_collate([dataset[i] for i in (0, 5, 13, 20)])

@@ -25,13 +25,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from data.reader import LeRobotDatasetReader
 from data.schema import STATE_KEY, ObservationSpec
-from data.torch_dataset import decoded_frame_cache
+from data.torch_dataset import episode_frames, frame_cache_path
 from vla.processor import PrepareImages, StepContext, image_features_key
 
 STORAGE_DTYPE = torch.float16
@@ -96,22 +95,29 @@ def _encode_camera(
     from safetensors.torch import save_file
     from tqdm import tqdm
 
-    frames = np.load(decoded_frame_cache(reader, key), mmap_mode="r")  # (F, H, W, 3) uint8
     was_training = encoder.training
     encoder.eval()
     chunks = []
     try:
-        with torch.inference_mode():
-            for start in tqdm(
-                range(0, len(frames), batch_size),
+        with (
+            torch.inference_mode(),
+            tqdm(
+                total=reader.num_frames,
                 desc=f"encoding {key} once (frozen encoder)",
-                unit="batch",
+                unit="frame",
                 mininterval=5.0,
                 disable=not progress,
-            ):
-                batch = {key: torch.from_numpy(np.array(frames[start : start + batch_size]))}
-                pixels = prepare(batch, StepContext(training=False))[key]  # (b, 3, S, S)
-                chunks.append(encoder.encode(pixels).to(STORAGE_DTYPE))  # (b, N, C)
+            ) as bar,
+        ):
+            # episode by episode, straight from the dataset's PNG or video: frozen training
+            # never reads images again, so no decoded-frame cache is written for it
+            for episode in reader.episodes:
+                frames = episode_frames(reader, key, episode)  # (T, H, W, 3) uint8
+                for start in range(0, len(frames), batch_size):
+                    batch = {key: torch.from_numpy(frames[start : start + batch_size])}
+                    pixels = prepare(batch, StepContext(training=False))[key]  # (b, 3, S, S)
+                    chunks.append(encoder.encode(pixels).to(STORAGE_DTYPE))  # (b, N, C)
+                bar.update(len(frames))
     finally:
         encoder.train(was_training)
     table = torch.cat(chunks)  # (F, N, C)
@@ -153,5 +159,5 @@ def _weights_digest(encoder: nn.Module) -> str:
 
 def _cache_path(reader: LeRobotDatasetReader, key: str, weights: str, image_size: int) -> Path:
     # same commit stamp as the decoded-frame cache: appending episodes makes a fresh file
-    frame_cache = decoded_frame_cache(reader, key)
+    frame_cache = frame_cache_path(reader, key)
     return frame_cache.parent / f"features-{frame_cache.stem}-{weights}-{image_size}.safetensors"
