@@ -1,7 +1,7 @@
 """Success of one checkpoint evaluated in several modes (act-only, think), side by side.
 
     python scripts/modes_table.py act=outputs/quickstart/eval think=outputs/quickstart/eval_think \
-        [--out outputs/quickstart/modes.md]
+        [--out outputs/quickstart/modes.md] [--common-episodes]
 
 Each argument is LABEL=DIR, DIR an eval.py report directory (its report.json). Prints a markdown
 table, one row per task and one column per mode (then one row per task family, where the suite
@@ -24,10 +24,49 @@ def cell(row: dict) -> str:
     )
 
 
+def on_common_episodes(reports: dict[str, dict]) -> dict[str, dict]:
+    """Each report's success rows recomputed on the episodes (task, init state) that every
+    report holds: a paired comparison when modes were run on different numbers of init states
+    (thinking is dearer, so it often runs on fewer)."""
+    from sim.catalog import get_suite
+    from sim.metrics import EvalMetrics, RolloutResult
+
+    keys = [{(e["task"], e["init_state"]) for e in r["episodes"]} for r in reports.values()]
+    common = set.intersection(*keys)
+    if not common:
+        raise SystemExit("--common-episodes: the reports share no (task, init state) episode")
+    out = {}
+    for label, report in reports.items():
+        spec = get_suite(report["suite"])
+        episodes = [
+            RolloutResult(**e) for e in report["episodes"] if (e["task"], e["init_state"]) in common
+        ]
+        metrics = EvalMetrics(
+            suite=report["suite"],
+            settings=report["settings"],
+            episodes=episodes,
+            policy_calls=[],
+            env_steps=0,
+            env_seconds=0.0,
+            wall_seconds=0.0,
+            num_envs=0,
+            crashes=0,
+            task_families={e.task: spec.family_of(e.task) for e in episodes if spec.families},
+        )
+        rows = metrics.to_dict()
+        out[label] = {**report, **{k: rows[k] for k in ("overall", "tasks", "families")}}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("modes", nargs="+", metavar="LABEL=DIR")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--common-episodes",
+        action="store_true",
+        help="compare every mode on the episodes all reports hold (paired)",
+    )
     args = parser.parse_args()
     reports = {}
     for item in args.modes:
@@ -36,6 +75,8 @@ def main() -> int:
         if not label or not path.is_file():
             parser.error(f"{item!r}: expected LABEL=DIR with DIR/report.json present")
         reports[label] = json.loads(path.read_text())
+    if args.common_episodes:
+        reports = on_common_episodes(reports)
     labels = list(reports)
     tasks = [row["task"] for row in next(iter(reports.values()))["tasks"]]
     lines = [

@@ -243,3 +243,45 @@ def test_family_rows_pool_the_episodes_of_their_tasks() -> None:
     assert (rows["pick_place"]["episodes"], rows["pick_place"]["successes"]) == (2, 1)
     assert rows["multi_step"]["mean_length"] == 23
     assert "| stack | 2 | 75% (3/4) |" in markdown_summary(metrics.to_dict())
+
+
+def test_modes_table_compares_modes_on_their_common_episodes(tmp_path: Path) -> None:
+    """scripts/modes_table.py --common-episodes: a mode run on fewer init states is compared
+    with the others on exactly those episodes, per task and per family."""
+    from sim.catalog import get_suite
+    from sim.metrics import EvalMetrics, RolloutResult
+
+    spec = get_suite("tabletop")
+
+    def report(label: str, init_states: int, succeed: set[tuple[int, int]]) -> Path:
+        episodes = [
+            RolloutResult(spec.tasks[t], t, i, success=(t, i) in succeed, steps=50)
+            for t in (0, 12)
+            for i in range(init_states)
+        ]
+        metrics = EvalMetrics(
+            "tabletop", {}, episodes, [], 0, 0.0, 0.0, 1, 0,
+            task_families={spec.tasks[t]: spec.family_of(t) for t in (0, 12)},
+        )  # fmt: skip
+        write_report(metrics.to_dict(), tmp_path / label)
+        return tmp_path / label
+
+    act = report("act", 4, {(0, 0), (0, 3), (12, 3)})  # init states 2, 3 are act's alone
+    think = report("think", 2, {(0, 1), (12, 0), (12, 1)})
+    script = [
+        sys.executable,
+        str(REPO / "scripts" / "modes_table.py"),
+        f"act={act}",
+        f"think={think}",
+    ]
+    paired = subprocess.run(
+        [*script, "--common-episodes"], capture_output=True, text=True, check=True
+    )
+    lines = paired.stdout.splitlines()
+    assert lines[2].startswith("| put the red cube in the bowl | 50% (1/2, ")
+    assert lines[2].count("50% (1/2, ") == 2  # act and think, both on init states 0 and 1
+    overall = next(line for line in lines if line.startswith("| **overall**"))
+    assert overall.startswith("| **overall** | 25% (1/4, ") and "| 75% (3/4, " in overall
+    assert any(line.startswith("| multi_step | 0% (0/2, ") for line in lines)
+    unpaired = subprocess.run(script, capture_output=True, text=True, check=True).stdout
+    assert "| **overall** | 38% (3/8, " in unpaired
