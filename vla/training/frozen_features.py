@@ -97,7 +97,7 @@ def _encode_camera(
 
     was_training = encoder.training
     encoder.eval()
-    chunks = []
+    table: torch.Tensor | None = None  # (F, N, C), filled in place: no second copy to concatenate
     try:
         with (
             torch.inference_mode(),
@@ -116,11 +116,18 @@ def _encode_camera(
                 for start in range(0, len(frames), batch_size):
                     batch = {key: torch.from_numpy(frames[start : start + batch_size])}
                     pixels = prepare(batch, StepContext(training=False))[key]  # (b, 3, S, S)
-                    chunks.append(encoder.encode(pixels).to(STORAGE_DTYPE))  # (b, N, C)
+                    tokens = encoder.encode(pixels)  # (b, N, C)
+                    if table is None:
+                        table = torch.empty(
+                            reader.num_frames, *tokens.shape[1:], dtype=STORAGE_DTYPE
+                        )
+                    row = episode.from_index + start
+                    table[row : row + len(tokens)] = tokens
                 bar.update(len(frames))
     finally:
         encoder.train(was_training)
-    table = torch.cat(chunks)  # (F, N, C)
+    if table is None:
+        raise ValueError(f"{reader.root}: no frames of {key} to encode")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     save_file({"features": table.contiguous()}, str(partial))
