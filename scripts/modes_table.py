@@ -41,18 +41,8 @@ def on_common_episodes(reports: dict[str, dict]) -> dict[str, dict]:
         episodes = [
             RolloutResult(**e) for e in report["episodes"] if (e["task"], e["init_state"]) in common
         ]
-        metrics = EvalMetrics(
-            suite=report["suite"],
-            settings=report["settings"],
-            episodes=episodes,
-            policy_calls=[],
-            env_steps=0,
-            env_seconds=0.0,
-            wall_seconds=0.0,
-            num_envs=0,
-            crashes=0,
-            task_families={e.task: spec.family_of(e.task) for e in episodes if spec.families},
-        )
+        families = {e.task: spec.family_of(e.task) for e in episodes if spec.families}
+        metrics = EvalMetrics.from_episodes(report["suite"], episodes, families, report["settings"])
         rows = metrics.to_dict()
         out[label] = {**report, **{k: rows[k] for k in ("overall", "tasks", "families")}}
     return out

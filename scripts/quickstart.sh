@@ -2,7 +2,7 @@
 # The main job on a CPU: generate the quickstart dataset (if absent) -> train the tiny model with
 # pretrained vision and reasoning dropout (configs/quickstart.yaml) -> evaluate it acting without
 # thinking on every quickstart task's 50 fixed init states, and thinking on the first 10 -> print
-# both side by side. The stages are scripts/recipe.sh's.
+# both side by side. The stages are scripts/recipe.sh's quickstart preset.
 #
 #   bash scripts/quickstart.sh          # after scripts/setup.sh (make quickstart does both)
 #
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 resume=()
 [[ "${RESUME:-0}" == 1 ]] && resume=(--resume)
-exec bash scripts/recipe.sh --suite quickstart --config configs/quickstart.yaml \
+exec bash scripts/recipe.sh quickstart \
     --out "${QUICKSTART_DIR:-outputs/quickstart}" \
     --episodes "${QUICKSTART_EPISODES:-30}" \
     --eval-episodes "${QUICKSTART_EVAL_EPISODES:-50}" \

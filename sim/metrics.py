@@ -39,6 +39,29 @@ class EvalMetrics:
     # task -> family, for suites that group their tasks (SuiteSpec.families); {} for the others
     task_families: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def from_episodes(
+        cls,
+        suite: str,
+        episodes: list[RolloutResult],
+        task_families: dict[str, str] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> EvalMetrics:
+        """Success rows rebuilt from episodes alone (a report's "episodes", a subset of them):
+        no policy calls, env steps or timings."""
+        return cls(
+            suite=suite,
+            settings=dict(settings or {}),
+            episodes=episodes,
+            policy_calls=[],
+            env_steps=0,
+            env_seconds=0.0,
+            wall_seconds=0.0,
+            num_envs=0,
+            crashes=0,
+            task_families=dict(task_families or {}),
+        )
+
     @property
     def success_rate(self) -> float:
         return float(np.mean([e.success for e in self.episodes])) if self.episodes else 0.0

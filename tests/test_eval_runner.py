@@ -221,18 +221,8 @@ def test_family_rows_pool_the_episodes_of_their_tasks() -> None:
         for t in tasks
         for init in range(2)
     ]
-    metrics = EvalMetrics(
-        suite="tabletop",
-        settings={},
-        episodes=episodes,
-        policy_calls=[],
-        env_steps=0,
-        env_seconds=0.0,
-        wall_seconds=0.0,
-        num_envs=1,
-        crashes=0,
-        task_families={spec.tasks[t]: spec.family_of(t) for t in tasks},
-    )
+    families = {spec.tasks[t]: spec.family_of(t) for t in tasks}
+    metrics = EvalMetrics.from_episodes("tabletop", episodes, families)
     rows = {row["family"]: row for row in metrics.to_dict()["families"]}
     assert list(rows) == ["pick_place", "stack", "multi_step"]
     assert (rows["stack"]["tasks"], rows["stack"]["episodes"], rows["stack"]["successes"]) == (
@@ -259,10 +249,8 @@ def test_modes_table_compares_modes_on_their_common_episodes(tmp_path: Path) -> 
             for t in (0, 12)
             for i in range(init_states)
         ]
-        metrics = EvalMetrics(
-            "tabletop", {}, episodes, [], 0, 0.0, 0.0, 1, 0,
-            task_families={spec.tasks[t]: spec.family_of(t) for t in (0, 12)},
-        )  # fmt: skip
+        families = {spec.tasks[t]: spec.family_of(t) for t in (0, 12)}
+        metrics = EvalMetrics.from_episodes("tabletop", episodes, families)
         write_report(metrics.to_dict(), tmp_path / label)
         return tmp_path / label
 
