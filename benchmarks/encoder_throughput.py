@@ -6,8 +6,9 @@ training (vla/training/frozen_features.py), and for the 14-task tabletop dataset
 cameras) that pass is one of the recipe's largest stages; evaluation runs the same encoder on
 every policy call. Rows:
 - contiguous (NCHW) fp32: PyTorch's default layout;
-- channels-last fp32: what `TimmVisionTower.encode` uses (the same numbers to float rounding);
-- channels-last bf16 autocast: for reference only, not used: its relative error is printed.
+- channels-last fp32: a candidate for `TimmVisionTower.encode`, not adopted yet: it changes the
+  features by float rounding, so every frozen-features training run would change with it;
+- channels-last bf16 autocast: for reference only (the relative error column says why).
 
     .venv/bin/python benchmarks/encoder_throughput.py [--batch-size 64] [--repeats 5]
 """
@@ -57,8 +58,8 @@ def main() -> int:
 
     rows = {
         "contiguous fp32": lambda: tower.model.forward_features(normalized),
-        "channels-last fp32 (used)": lambda: tower.model.forward_features(last),
-        "channels-last bf16 autocast (not used)": bf16,
+        "channels-last fp32": lambda: tower.model.forward_features(last),
+        "channels-last bf16 autocast": bf16,
     }
     with torch.inference_mode():
         reference = tower.model.forward_features(normalized)

@@ -4,6 +4,7 @@ exported checkpoint loads and acts without the weights package's cache."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,13 +15,14 @@ from conftest import observation
 from safetensors.torch import load_file
 
 from data.reader import LeRobotDatasetReader
-from data.torch_dataset import ActionChunkDataset
+from data.schema import image_key
+from data.torch_dataset import ActionChunkDataset, decoded_frame_cache
 from vla.checkpoint import load_checkpoint
 from vla.config import VLAConfig
 from vla.model import VLAModel
 from vla.policy import VLAPolicy
 from vla.pretrained import CACHE_ENV, packaged_weights_path
-from vla.processor import Processor, ProcessorConfig
+from vla.processor import PrepareImages, Processor, ProcessorConfig, StepContext
 from vla.training.config import load_config
 from vla.training.frozen_features import FrozenImageFeatures
 from vla.training.run import build_tokenizer, train, training_observation_spec
@@ -50,6 +52,20 @@ def test_precomputed_features_give_the_loss_live_images_give(
     assert features.tables["agentview"].shape == (reader.num_frames, 4, tower.feature_dim)
     # frames are encoded straight from the dataset: no decoded-frame cache is left on disk
     assert not list((root / ".cache").glob("*.npy"))
+    # batches of consecutive rows, across episode boundaries (episodes of 12 and 9 frames), give
+    # what one batch over every decoded frame gives: bit for bit with the same batch (64 rows
+    # hold all 21), to float16 rounding with batches of 5 (oneDNN may pick other kernels)
+    small = FrozenImageFeatures.for_dataset(
+        tower, reader, spec, config.image_size, batch_size=5, progress=False
+    )
+    key = image_key("wrist")
+    frames = torch.from_numpy(np.load(decoded_frame_cache(reader, key)))  # (F, H, W, 3)
+    prepare = PrepareImages(dataclasses.replace(spec, cameras=(spec.camera("wrist"),)), 64)
+    with torch.inference_mode():
+        pixels = prepare({key: frames}, StepContext(training=False))[key]
+        expected_wrist = tower.encode(pixels).half()
+    torch.testing.assert_close(small.tables["wrist"], expected_wrist, rtol=0, atol=1e-3)
+    assert torch.equal(features.tables["wrist"], expected_wrist)  # the same single batch
 
     dataset = ActionChunkDataset(reader, action_horizon=8)
     batch = torch.utils.data.default_collate([dataset[i] for i in (0, 5, 13, 20)])

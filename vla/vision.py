@@ -153,11 +153,7 @@ class TimmVisionTower(nn.Module):
         projector (what a frozen encoder's per-frame feature cache holds)."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"expected pixels of shape (B, 3, H, W), got {tuple(pixels.shape)}")
-        # channels-last input: oneDNN's CPU convolutions are faster on this layout
-        # (benchmarks/encoder_throughput.py), and the result equals the contiguous layout's to
-        # float rounding (tests/test_vision.py compares the two)
-        normalized = self.normalize(pixels).contiguous(memory_format=torch.channels_last)
-        features = self.model.forward_features(normalized)
+        features = self.model.forward_features(self.normalize(pixels))
         return self.tokens(features, (pixels.shape[-2], pixels.shape[-1]))  # (B, N, C)
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:

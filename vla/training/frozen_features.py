@@ -21,10 +21,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -109,20 +110,15 @@ def _encode_camera(
                 disable=not progress,
             ) as bar,
         ):
-            # episode by episode, straight from the dataset's PNG or video: frozen training
-            # never reads images again, so no decoded-frame cache is written for it
-            for episode in reader.episodes:
-                frames = episode_frames(reader, key, episode)  # (T, H, W, 3) uint8
-                for start in range(0, len(frames), batch_size):
-                    batch = {key: torch.from_numpy(frames[start : start + batch_size])}
-                    pixels = prepare(batch, StepContext(training=False))[key]  # (b, 3, S, S)
-                    tokens = encoder.encode(pixels)  # (b, N, C)
-                    if table is None:
-                        table = torch.empty(
-                            reader.num_frames, *tokens.shape[1:], dtype=STORAGE_DTYPE
-                        )
-                    row = episode.from_index + start
-                    table[row : row + len(tokens)] = tokens
+            # straight from the dataset's PNG or video (frozen training never reads images
+            # again, so no decoded-frame cache is written for it), in batches of consecutive
+            # rows: the same batches whatever the episode lengths, hence the same numbers
+            for row, frames in _row_batches(reader, key, batch_size):  # (b, H, W, 3) uint8
+                pixels = prepare({key: torch.from_numpy(frames)}, StepContext(training=False))[key]
+                tokens = encoder.encode(pixels)  # (b, N, C)
+                if table is None:
+                    table = torch.empty(reader.num_frames, *tokens.shape[1:], dtype=STORAGE_DTYPE)
+                table[row : row + len(tokens)] = tokens
                 bar.update(len(frames))
     finally:
         encoder.train(was_training)
@@ -132,6 +128,27 @@ def _encode_camera(
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     save_file({"features": table.contiguous()}, str(partial))
     partial.replace(path)
+
+
+def _row_batches(
+    reader: LeRobotDatasetReader, key: str, batch_size: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, frames (b, H, W, 3)) for rows [0, b), [b, 2b), ... of camera `key`, decoding
+    one episode at a time."""
+    pending: list[np.ndarray] = []  # decoded frames not yet batched, in row order
+    row = 0
+    for episode in reader.episodes:
+        if episode.from_index != row + sum(len(part) for part in pending):
+            raise ValueError(f"{reader.root}: episode rows are not consecutive at {episode}")
+        pending.append(episode_frames(reader, key, episode))
+        frames = np.concatenate(pending)
+        full = len(frames) - len(frames) % batch_size
+        for start in range(0, full, batch_size):
+            yield row + start, frames[start : start + batch_size]
+        row += full
+        pending = [frames[full:]] if full < len(frames) else []
+    if pending:
+        yield row, np.concatenate(pending)
 
 
 def _read_table(path: Path, num_frames: int) -> torch.Tensor:
