@@ -68,9 +68,7 @@ def main() -> int:
             for label, run in rows.items()
         }
         seconds = {label: seconds_per_call(run, args.repeats) for label, run in rows.items()}
-    print(
-        f"# {machine_description()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
+    print(f"# {machine_description()}, {torch.get_num_threads()} threads")
     print(f"batch {args.batch_size}, median of {args.repeats}")
     print("| input | images/s | vs contiguous fp32 | relative error |")
     print("| --- | ---: | ---: | ---: |")
