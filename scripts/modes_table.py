@@ -24,6 +24,17 @@ def cell(row: dict) -> str:
     )
 
 
+def mode_table(kind: str, names: list[str], rows: dict[str, dict[str, dict]]) -> list[str]:
+    """Markdown lines: one row per name (a task or a family), one column per mode; `rows` is
+    mode label -> name -> success row. A name a mode lacks gets a dash."""
+    lines = [f"| {kind} | " + " | ".join(rows) + " |", "| --- |" + " --- |" * len(rows)]
+    for name in names:
+        cells = [cell(by_name[name]) if name in by_name else "–" for by_name in rows.values()]
+        shown = f"**{name}**" if name == "overall" else name
+        lines.append(f"| {shown} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def on_common_episodes(reports: dict[str, dict]) -> dict[str, dict]:
     """Each report's success rows recomputed on the episodes (task, init state) that every
     report holds: a paired comparison when modes were run on different numbers of init states
@@ -41,7 +52,7 @@ def on_common_episodes(reports: dict[str, dict]) -> dict[str, dict]:
         episodes = [
             RolloutResult(**e) for e in report["episodes"] if (e["task"], e["init_state"]) in common
         ]
-        families = {e.task: spec.family_of(e.task) for e in episodes if spec.families}
+        families = spec.family_by_task(e.task for e in episodes)
         metrics = EvalMetrics.from_episodes(report["suite"], episodes, families, report["settings"])
         rows = metrics.to_dict()
         out[label] = {**report, **{k: rows[k] for k in ("overall", "tasks", "families")}}
@@ -68,28 +79,20 @@ def main() -> int:
     if args.common_episodes:
         reports = on_common_episodes(reports)
     labels = list(reports)
-    tasks = [row["task"] for row in next(iter(reports.values()))["tasks"]]
-    lines = [
-        "| task | " + " | ".join(labels) + " |",
-        "| --- |" + " --- |" * len(labels),
-    ]
-    for task in [*tasks, "overall"]:
-        cells = []
-        for label in labels:
-            rows = {row["task"]: row for row in reports[label]["tasks"]}
-            row = reports[label]["overall"] if task == "overall" else rows.get(task)
-            cells.append(cell(row) if row else "–")
-        name = f"**{task}**" if task == "overall" else task
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    families = [row["family"] for row in next(iter(reports.values())).get("families", [])]
+    first = next(iter(reports.values()))
+    # tasks, then "overall" (a report keeps it apart from its task rows)
+    by_task = {
+        label: {**{row["task"]: row for row in r["tasks"]}, "overall": r["overall"]}
+        for label, r in reports.items()
+    }
+    tasks = [row["task"] for row in first["tasks"]]
+    lines = mode_table("task", [*tasks, "overall"], by_task)
+    by_family = {
+        label: {row["family"]: row for row in r.get("families", [])} for label, r in reports.items()
+    }
+    families = [row["family"] for row in first.get("families", [])]
     if families:
-        lines += ["", "| family | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
-    for family in families:
-        cells = []
-        for label in labels:
-            rows = {row["family"]: row for row in reports[label].get("families", [])}
-            cells.append(cell(rows[family]) if family in rows else "–")
-        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+        lines += ["", *mode_table("family", families, by_family)]
     latency = []
     for label in labels:
         calls = reports[label]["latency"]

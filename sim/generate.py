@@ -104,9 +104,11 @@ def _worker_env(key: tuple[str, str, tuple[int, int]]) -> Any:
         _close_worker_env()
         suite, task, image_size = key
         _ENV[key] = make(suite, task, image_size=image_size)
-        # closed at exit before MuJoCo's own atexit hook terminates the EGL display (atexit runs
-        # the latest registration first); left to the garbage collector, the renderer's
-        # finalizer then fails with an EGL_NOT_INITIALIZED traceback
+        # closed at exit before MuJoCo's own atexit hook (registered with the first GL context)
+        # terminates the EGL display: atexit runs the latest registration first, and
+        # unregistering first keeps a single registration. Left to the garbage collector, the
+        # renderer's finalizer fails with an EGL_NOT_INITIALIZED traceback.
+        atexit.unregister(_close_worker_env)
         atexit.register(_close_worker_env)
     return _ENV[key]
 

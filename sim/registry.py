@@ -62,6 +62,12 @@ class SuiteSpec:
         """The family of `task` (a name or an index), or None when the suite has none."""
         return self.families[self.index(task)] if self.families else None
 
+    def family_by_task(self, tasks: Iterable[str | int]) -> dict[str, str]:
+        """Task name -> family for `tasks` (names or indices); {} when the suite has none."""
+        if not self.families:
+            return {}
+        return {self.resolve(task): self.families[self.index(task)] for task in tasks}
+
     def resolve(self, task: str | int) -> str:
         """The name of `task`, given as its name or its index in the suite.
 

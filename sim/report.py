@@ -96,8 +96,7 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
         expert = expert_by_task.get(row["task"])
         name = "**overall**" if row["task"] == "overall" else row["task"]
         lines.append(
-            f"| {name} | {row['success_rate']:.0%} ({row['successes']}/{row['episodes']}) "
-            f"| {row['wilson_low']:.0%}–{row['wilson_high']:.0%} | {row['episodes']} "
+            f"| {name} | {_success_cells(row)} | {row['episodes']} "
             f"| {row['mean_length']:.0f} | {'-' if expert is None else f'{expert:.0%}'} |"
         )
     if report.get("families"):
@@ -108,9 +107,8 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
         ]
         for row in report["families"]:
             lines.append(
-                f"| {row['family']} | {row['tasks']} | {row['success_rate']:.0%} "
-                f"({row['successes']}/{row['episodes']}) "
-                f"| {row['wilson_low']:.0%}–{row['wilson_high']:.0%} | {row['mean_length']:.0f} |"
+                f"| {row['family']} | {row['tasks']} | {_success_cells(row)} "
+                f"| {row['mean_length']:.0f} |"
             )
     lines += [
         "",
@@ -181,6 +179,14 @@ def plot_success(report: Mapping[str, Any], path: Path) -> Path:
     plt.close(figure)
     atomic_move(partial, path)
     return path
+
+
+def _success_cells(row: Mapping[str, Any]) -> str:
+    """A success row's "rate (successes/episodes) | low–high" table cells."""
+    return (
+        f"{row['success_rate']:.0%} ({row['successes']}/{row['episodes']}) "
+        f"| {row['wilson_low']:.0%}–{row['wilson_high']:.0%}"
+    )
 
 
 def _short(task: str, width: int = 28) -> str:

@@ -137,7 +137,7 @@ class EnvRunner:
         self.tasks = list(spec.tasks) if tasks is None else [spec.resolve(task) for task in tasks]
         # each task's index in the suite (what --list-tasks prints), not in this selection
         self.task_indices = [spec.index(task) for task in self.tasks]
-        self.task_families = [spec.family_of(index) for index in self.task_indices]
+        self.task_families = spec.family_by_task(self.task_indices)  # {} for ungrouped suites
         if episodes_per_task < 1:
             raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
         if num_envs < 1:
@@ -264,11 +264,7 @@ class EnvRunner:
             num_envs=self.num_envs,
             crashes=vector_env.crash_count - crashes_before,
             extra={"scenes": self.scenes},
-            task_families={
-                task: family
-                for task, family in zip(self.tasks, self.task_families, strict=True)
-                if family is not None
-            },
+            task_families=dict(self.task_families),
         )
 
 

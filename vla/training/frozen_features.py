@@ -135,20 +135,21 @@ def _row_batches(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, frames (b, H, W, 3)) for rows [0, b), [b, 2b), ... of camera `key`, decoding
     one episode at a time."""
-    pending: list[np.ndarray] = []  # decoded frames not yet batched, in row order
+    carried: np.ndarray | None = None  # decoded frames of the rows [row, ...) not yet batched
     row = 0
     for episode in reader.episodes:
-        if episode.from_index != row + sum(len(part) for part in pending):
+        if episode.from_index != row + (0 if carried is None else len(carried)):
             raise ValueError(f"{reader.root}: episode rows are not consecutive at {episode}")
-        pending.append(episode_frames(reader, key, episode))
-        frames = np.concatenate(pending)
+        frames = episode_frames(reader, key, episode)
+        if carried is not None:
+            frames = np.concatenate([carried, frames])
         full = len(frames) - len(frames) % batch_size
         for start in range(0, full, batch_size):
             yield row + start, frames[start : start + batch_size]
         row += full
-        pending = [frames[full:]] if full < len(frames) else []
-    if pending:
-        yield row, np.concatenate(pending)
+        carried = frames[full:] if full < len(frames) else None
+    if carried is not None:
+        yield row, carried
 
 
 def _read_table(path: Path, num_frames: int) -> torch.Tensor:
