@@ -14,7 +14,8 @@ from rich.table import Table
 
 from data.reader import DatasetError, LeRobotDatasetReader
 
-STAT_COLUMNS = ("mean", "std", "min", "max", "q01", "q99")
+STAT_COLUMNS = ("mean", "std", "min", "max", "q01", "q50", "q99")
+CHANNEL_NAMES = ("r", "g", "b")  # a camera's statistics are per channel, in [0, 1]
 
 
 def info(path: Path, decode: bool, console: Console) -> int:
@@ -56,20 +57,28 @@ def info(path: Path, decode: bool, console: Console) -> int:
     summary = Table(title="stats", title_justify="left")
     for column in ("feature", "dim", *STAT_COLUMNS):
         summary.add_column(column, justify="left" if column in ("feature", "dim") else "right")
-    for key in reader.numeric_keys:
+    for key in [*reader.numeric_keys, *reader.visual_keys]:
         if key not in stats:
             continue
         feature = reader.features[key]
-        names = feature.names if feature.names and len(feature.names) == feature.size else None
+        size = len(CHANNEL_NAMES) if feature.is_visual else feature.size
+        names = CHANNEL_NAMES if feature.is_visual else feature.names
+        names = names if names and len(names) == size else None
         columns = {name: np.asarray(stats[key][name]).reshape(-1) for name in STAT_COLUMNS}
-        for dim in range(feature.size):
+        for dim in range(size):
             summary.add_row(
                 key if dim == 0 else "",
                 names[dim] if names else str(dim),
                 *(f"{columns[name][dim]:.4g}" for name in STAT_COLUMNS),
-                end_section=dim == feature.size - 1,
+                end_section=dim == size - 1,
             )
     console.print(summary)
+    unsummarized = [key for key in reader.visual_keys if key not in stats]
+    if unsummarized:
+        console.print(
+            f"no statistics for {unsummarized}: meta/episodes lacks their per-episode stats "
+            "(written by an older writer)"
+        )
     console.print(
         "[green]valid[/]" + (" (all media decoded)" if decode else " (media not decoded)")
     )

@@ -22,7 +22,7 @@ from PIL import Image
 
 from data import layout
 from data.features import INDEX_FEATURES, Feature
-from data.stats import compute_stats
+from data.stats import aggregate_stats, compute_stats, episode_stats_from_row
 
 SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
 
@@ -299,6 +299,14 @@ class LeRobotDatasetReader:
             key: column_to_numpy(self.table[key], self.features[key]) for key in self.numeric_keys
         }
 
+    def index_columns(self) -> dict[str, np.ndarray]:
+        """LeRobot's index columns (timestamp, frame_index, episode_index, index, task_index), (N,)."""
+        return {
+            key: self.table[key].to_numpy()
+            for key in INDEX_FEATURES
+            if key in self.table.column_names
+        }
+
     def task_of_frames(self) -> list[str]:
         """Task text per frame, resolved through task_index."""
         return [self.tasks[i] for i in self.table["task_index"].to_numpy()]
@@ -332,20 +340,49 @@ class LeRobotDatasetReader:
     # ------------------------------------------------------------------ stats and checks
     @cached_property
     def stats(self) -> dict[str, dict[str, np.ndarray]]:
-        """meta/stats.json when it is complete and current, else recomputed from parquet columns."""
+        """meta/stats.json when it is complete and current, else `compute_stats()`."""
         path = self.root / layout.STATS_PATH
         stats = _read_json(path) if path.exists() else {}
+        counted = [*self.numeric_keys, *self.index_columns()]
         current = all(
-            key in stats and stats[key].get("count", [None])[0] == self.num_frames
-            for key in self.numeric_keys
-        )
+            isinstance(stats.get(key), dict)
+            and stats[key].get("count", [None])[0] == self.num_frames
+            for key in counted
+        ) and all(key in stats for key in self._camera_stats)
         if not current:
-            stats = compute_stats(self.numeric_columns())
+            stats = self.compute_stats()
         return {
             key: {name: np.asarray(value, dtype=np.float64) for name, value in values.items()}
             for key, values in stats.items()
             if isinstance(values, dict)
         }
+
+    def compute_stats(self) -> dict[str, dict[str, list]]:
+        """Every feature's statistics (data/stats.py): numeric and index columns exactly over all
+        frames; cameras aggregated from the per-episode statistics in meta/episodes, when every
+        episode has them (images and video are never decoded here)."""
+        stats = compute_stats({**self.numeric_columns(), **self.index_columns()})
+        stats.update(self._camera_stats)
+        return stats
+
+    def episode_stats(self) -> list[dict[str, dict[str, object]]]:
+        """Each committed episode's `stats/<feature>/<stat>` columns of meta/episodes, parsed."""
+        return [episode_stats_from_row(row) for row in self._episodes_table.to_pylist()]
+
+    @cached_property
+    def _camera_stats(self) -> dict[str, dict[str, list]]:
+        per_episode = self.episode_stats()
+        aggregated = {}
+        for key in self.visual_keys:
+            parts = [stats.get(key) for stats in per_episode]
+            if parts and all(parts):
+                try:
+                    aggregated[key] = aggregate_stats(parts)
+                except ValueError as error:
+                    raise DatasetError(
+                        f"{self.root / 'meta/episodes'}: per-episode stats of {key!r}: {error}"
+                    ) from None
+        return aggregated
 
     def validate(self, decode: bool = True) -> None:
         """Full check: every file readable, columns typed as declared, values finite, ids coherent.

@@ -1,37 +1,153 @@
-"""Per-feature statistics (mean/std/min/max/q01/q99/count) from numeric parquet columns.
+"""Per-feature statistics in LeRobot's stats.json format: mean/std/min/max/count and the
+quantiles q01/q10/q50/q90/q99.
 
-Computed from the stored columns only: images and video are never decoded, because images are
-normalized by the vision tower's own processor, not by dataset statistics.
+Three kinds, each computed where it is cheapest and exact:
+- numeric features (state, action, gripper trace, LeRobot's index columns): over every frame of
+  the stored parquet columns (`feature_stats`);
+- cameras: per channel, on pixel values scaled to [0, 1], shape (3, 1, 1) as LeRobot expects
+  (its `use_imagenet_stats` and edit tools need an entry per camera). They are computed by the
+  writer from the frames passing through (`image_stats`), so video is never decoded for them;
+- a whole dataset's camera statistics, from its per-episode ones (`aggregate_stats`): mean, std,
+  min, max and count combine exactly; a quantile is the frame-weighted mean of the episodes'
+  quantiles, the rule LeRobot's own `aggregate_stats` uses, so both tools agree on edited datasets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99", "count")
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+STAT_NAMES = ("mean", "std", "min", "max", *QUANTILES, "count")
+
+Stats = dict[str, list]  # one feature: {stat name: (nested) list of numbers}
 
 
-def feature_stats(values: np.ndarray) -> dict[str, list[float]]:
+def feature_stats(values: np.ndarray) -> Stats:
     """Statistics over frames of one feature; `values` is (N, ...) and stats keep the frame shape."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 1:
         values = values[:, None]
     if len(values) == 0:
         raise ValueError("cannot compute statistics of a feature with no frames")
-    q01, q99 = np.quantile(values, [0.01, 0.99], axis=0)
+    quantiles = np.quantile(values, list(QUANTILES.values()), axis=0)
     return {
         "mean": values.mean(axis=0).tolist(),
         "std": values.std(axis=0).tolist(),
         "min": values.min(axis=0).tolist(),
         "max": values.max(axis=0).tolist(),
-        "q01": q01.tolist(),
-        "q99": q99.tolist(),
+        **{name: quantiles[i].tolist() for i, name in enumerate(QUANTILES)},
         "count": [int(len(values))],
     }
 
 
-def compute_stats(columns: Mapping[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
+def compute_stats(columns: Mapping[str, np.ndarray]) -> dict[str, Stats]:
     """Statistics for every numeric feature given as (N, ...) arrays."""
     return {key: feature_stats(values) for key, values in columns.items()}
+
+
+def image_stats(frames: np.ndarray) -> Stats:
+    """Per-channel statistics of uint8 frames (T, H, W, 3), in [0, 1], each of shape (3, 1, 1).
+
+    Exact, over every pixel of every frame: uint8 has 256 levels, so one histogram per channel
+    gives the mean, spread and the quantiles (numpy's linear interpolation) without sorting.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(
+            f"image statistics need uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}"
+        )
+    if len(frames) == 0:
+        raise ValueError("cannot compute statistics of a camera with no frames")
+    histograms = np.stack(
+        [np.bincount(frames[..., channel].ravel(), minlength=256) for channel in range(3)]
+    )  # (3, 256) pixel counts per level
+    levels = np.arange(256, dtype=np.float64)
+    total = histograms[0].sum()
+    mean = histograms @ levels / total  # (3,)
+    variance = histograms @ levels**2 / total - mean**2
+    cumulative = np.cumsum(histograms, axis=1)  # (3, 256)
+    seen = histograms > 0
+    per_channel = {
+        "mean": mean,
+        "std": np.sqrt(np.maximum(variance, 0.0)),
+        "min": seen.argmax(axis=1).astype(np.float64),
+        "max": 255.0 - seen[:, ::-1].argmax(axis=1),
+        **{
+            name: np.array([_histogram_quantile(row, q) for row in cumulative])
+            for name, q in QUANTILES.items()
+        },
+    }
+    stats: Stats = {
+        name: (values / 255.0).reshape(3, 1, 1).tolist() for name, values in per_channel.items()
+    }
+    stats["count"] = [int(len(frames))]
+    return stats
+
+
+def _histogram_quantile(cumulative: np.ndarray, q: float) -> float:
+    """np.quantile(values, q) (linear interpolation) from the cumulative counts of levels 0..255."""
+    position = q * (cumulative[-1] - 1)
+    below = int(np.floor(position))
+    above = min(below + 1, int(cumulative[-1]) - 1)
+    low = int(np.searchsorted(cumulative, below, side="right"))
+    high = int(np.searchsorted(cumulative, above, side="right"))
+    return low + (position - below) * (high - low)
+
+
+def aggregate_stats(parts: Sequence[Mapping[str, object]]) -> Stats:
+    """One feature's statistics over several disjoint parts (episodes), weighted by their counts.
+
+    mean/std/min/max/count are exact (std by the parallel-variance rule); quantiles are the
+    count-weighted mean of the parts' quantiles, as LeRobot aggregates them.
+    """
+    if not parts:
+        raise ValueError("cannot aggregate the statistics of zero parts")
+    arrays = [{name: np.asarray(part[name], dtype=np.float64) for name in part} for part in parts]
+    missing = sorted({name for name in STAT_NAMES for part in arrays if name not in part})
+    if missing:
+        raise ValueError(f"every part needs {list(STAT_NAMES)}; some lack {missing}")
+    counts = np.array([part["count"].reshape(-1)[0] for part in arrays])
+    total = counts.sum()
+    weights = (counts / total).reshape(-1, *([1] * arrays[0]["mean"].ndim))
+
+    def stacked(name: str) -> np.ndarray:
+        return np.stack([part[name] for part in arrays])
+
+    mean = (stacked("mean") * weights).sum(axis=0)
+    variance = ((stacked("std") ** 2 + (stacked("mean") - mean) ** 2) * weights).sum(axis=0)
+    return {
+        "mean": mean.tolist(),
+        "std": np.sqrt(variance).tolist(),
+        "min": stacked("min").min(axis=0).tolist(),
+        "max": stacked("max").max(axis=0).tolist(),
+        **{name: (stacked(name) * weights).sum(axis=0).tolist() for name in QUANTILES},
+        "count": [int(total)],
+    }
+
+
+# Per-episode statistics live in meta/episodes/*.parquet as one column per feature and statistic,
+# `stats/<feature>/<stat>`, which is where LeRobot's edit tools (delete_episodes, split_dataset,
+# merge_datasets) read them to rebuild stats.json.
+EPISODE_STATS_PREFIX = "stats/"
+
+
+def episode_stats_columns(stats: Mapping[str, Mapping[str, list]]) -> dict[str, list]:
+    """{feature: {stat: value}} -> {"stats/<feature>/<stat>": value} for one episodes-table row."""
+    return {
+        f"{EPISODE_STATS_PREFIX}{key}/{name}": value
+        for key, feature in stats.items()
+        for name, value in feature.items()
+    }
+
+
+def episode_stats_from_row(row: Mapping[str, object]) -> dict[str, dict[str, object]]:
+    """The inverse of `episode_stats_columns` on one episodes-table row (other columns ignored)."""
+    stats: dict[str, dict[str, object]] = {}
+    for column, value in row.items():
+        if not column.startswith(EPISODE_STATS_PREFIX) or value is None:
+            continue
+        key, _, name = column[len(EPISODE_STATS_PREFIX) :].rpartition("/")
+        stats.setdefault(key, {})[name] = value
+    return stats

@@ -28,10 +28,13 @@ from PIL import Image
 from data import layout
 from data.features import INDEX_FEATURES, Feature
 from data.schema import TASK_KEY
-from data.stats import compute_stats
+from data.stats import episode_stats_columns, feature_stats, image_stats
 from data.video import encode_video
 
-DEFAULT_DATA_FILE_SIZE_MB = 64
+# LeRobot's defaults, so its edit tools split and append our files as they would their own; we
+# write one mp4 per episode and camera, so the video size is only recorded, never reached.
+DEFAULT_DATA_FILE_SIZE_MB = 100
+VIDEO_FILE_SIZE_MB = 200
 
 
 class LeRobotDatasetWriter:
@@ -44,6 +47,10 @@ class LeRobotDatasetWriter:
             writer.add_frame(frame)          # {"observation.images.agentview": uint8 HxWx3, ...}
         writer.save_episode(task="put the red cube in the bowl")
         writer.finalize()                     # writes meta/stats.json
+
+    Each episode's statistics (every numeric feature, every camera per channel, the index
+    columns) are computed from its frames as they pass through and stored in its meta/episodes
+    row, so stats.json can be rebuilt without decoding an image, by us or by LeRobot's tools.
     """
 
     def __init__(
@@ -80,7 +87,7 @@ class LeRobotDatasetWriter:
             "total_tasks": 0,
             "chunks_size": layout.CHUNKS_SIZE,
             "data_files_size_in_mb": data_file_size_mb,
-            "video_files_size_in_mb": 0,
+            "video_files_size_in_mb": VIDEO_FILE_SIZE_MB,
             "fps": fps,
             "splits": {},
             "data_path": layout.DATA_PATH,
@@ -170,7 +177,8 @@ class LeRobotDatasetWriter:
         start = self.num_frames
         task_index = self._task_index(task)
 
-        self._append_frames(episode, episode_index, start, length, task_index)
+        index_columns = self._index_columns(episode_index, start, length, task_index)
+        self._append_frames(episode, index_columns)
         video_columns = self._write_videos(episode, episode_index)
         data_chunk, data_file = layout.chunk_and_file(self._data_file_number)
         row: dict[str, Any] = {
@@ -184,6 +192,7 @@ class LeRobotDatasetWriter:
             **video_columns,
             "meta/episodes/chunk_index": 0,
             "meta/episodes/file_index": 0,
+            **episode_stats_columns(self._episode_stats(episode, index_columns)),
         }
         self._episodes_rows.append(row)
         layout.atomic_write_parquet(
@@ -201,15 +210,14 @@ class LeRobotDatasetWriter:
         layout.atomic_write_json(self.root / layout.INFO_PATH, self.info)  # the commit point
         return episode_index
 
-    def finalize(self) -> dict[str, dict[str, list[float]]]:
-        """Write `meta/stats.json` from the committed parquet columns; returns the stats.
+    def finalize(self) -> dict[str, dict[str, list]]:
+        """Write `meta/stats.json` (`LeRobotDatasetReader.compute_stats`); returns the stats.
 
         Safe to call repeatedly (e.g. after resuming and appending more episodes).
         """
         from data.reader import LeRobotDatasetReader
 
-        reader = LeRobotDatasetReader(self.root)
-        stats = compute_stats(reader.numeric_columns())
+        stats = LeRobotDatasetReader(self.root).compute_stats()
         layout.atomic_write_json(self.root / layout.STATS_PATH, stats)
         return stats
 
@@ -259,7 +267,7 @@ class LeRobotDatasetWriter:
     def _tasks_table(self) -> pa.Table:
         # LeRobot v3 keeps the task text as the (pandas) index and `task_index` as the column.
         table = pa.table({"task_index": pa.array(range(len(self.tasks)), pa.int64())})
-        table = table.append_column("__index_level_0__", pa.array(self.tasks, pa.string()))
+        table = table.append_column("__index_level_0__", pa.array(self.tasks, pa.large_string()))
         pandas_meta = {
             "index_columns": ["__index_level_0__"],
             "column_indexes": [],
@@ -282,9 +290,35 @@ class LeRobotDatasetWriter:
         }
         return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
 
+    def _index_columns(
+        self, episode_index: int, start: int, length: int, task_index: int
+    ) -> dict[str, np.ndarray]:
+        """LeRobot's per-frame index columns of one episode, each (length,)."""
+        frame_index = np.arange(length, dtype=np.int64)
+        return {
+            "timestamp": (frame_index / self.fps).astype(np.float32),
+            "frame_index": frame_index,
+            "episode_index": np.full(length, episode_index, dtype=np.int64),
+            "index": frame_index + start,
+            "task_index": np.full(length, task_index, dtype=np.int64),
+        }
+
+    def _episode_stats(
+        self, episode: dict[str, Any], index_columns: dict[str, np.ndarray]
+    ) -> dict[str, dict[str, list]]:
+        """Statistics of one episode's numeric, camera and index columns (strings have none)."""
+        stats = {
+            key: image_stats(episode[key]) if feature.is_visual else feature_stats(episode[key])
+            for key, feature in self.features.items()
+            if feature.is_visual or feature.is_numeric
+        }
+        stats.update({key: feature_stats(values) for key, values in index_columns.items()})
+        return stats
+
     def _frames_table(
-        self, episode: dict[str, Any], episode_index: int, start: int, length: int, task_index: int
+        self, episode: dict[str, Any], index_columns: dict[str, np.ndarray]
     ) -> pa.Table:
+        length = len(index_columns["index"])
         arrays: dict[str, pa.Array] = {}
         for key, feature in self.features.items():
             if feature.dtype == "video":
@@ -301,18 +335,12 @@ class LeRobotDatasetWriter:
             else:
                 flat = pa.array(episode[key].reshape(-1))
                 arrays[key] = pa.FixedSizeListArray.from_arrays(flat, feature.size)
-        frame_index = np.arange(length, dtype=np.int64)
-        arrays["timestamp"] = pa.array((frame_index / self.fps).astype(np.float32))
-        arrays["frame_index"] = pa.array(frame_index)
-        arrays["episode_index"] = pa.array(np.full(length, episode_index, dtype=np.int64))
-        arrays["index"] = pa.array(frame_index + start)
-        arrays["task_index"] = pa.array(np.full(length, task_index, dtype=np.int64))
+        arrays.update({key: pa.array(values) for key, values in index_columns.items()})
         return pa.table(arrays)
 
-    def _append_frames(
-        self, episode: dict[str, Any], episode_index: int, start: int, length: int, task_index: int
-    ) -> None:
-        new_rows = self._frames_table(episode, episode_index, start, length, task_index)
+    def _append_frames(self, episode: dict[str, Any], index_columns: dict[str, np.ndarray]) -> None:
+        start = int(index_columns["index"][0])
+        new_rows = self._frames_table(episode, index_columns)
         path = self._data_path(self._data_file_number)
         if path.exists() and path.stat().st_size >= self.info["data_files_size_in_mb"] * 2**20:
             self._data_file_number += 1

@@ -40,16 +40,21 @@ def test_info_prints_a_correct_summary(write_dataset) -> None:
         np.float64
     )
     gripper_row = next(line for line in out.splitlines() if "│ gripper " in line)
-    cells = [cell.strip() for cell in gripper_row.split("│")[3:9]]
+    cells = [cell.strip() for cell in gripper_row.split("│")[3:10]]
     expected = [
         actions[:, 6].mean(),
         actions[:, 6].std(),
         actions[:, 6].min(),
         actions[:, 6].max(),
-        np.quantile(actions[:, 6], 0.01),
-        np.quantile(actions[:, 6], 0.99),
+        *np.quantile(actions[:, 6], [0.01, 0.5, 0.99]),
     ]
     assert cells == [f"{value:.4g}" for value in expected]
+    # cameras: per channel in [0, 1], from every written frame
+    pixels = np.concatenate([np.stack(e["observation.images.wrist"]) for e in episodes])
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if re.search(r"images\.wrist\s+│\s+r\s", line))
+    blue = [cell.strip() for cell in lines[first + 2].split("│")]
+    assert blue[2] == "b" and blue[3] == f"{pixels[..., 2].mean() / 255:.4g}"
 
 
 def test_info_on_a_broken_dataset_names_the_file(write_dataset) -> None:
