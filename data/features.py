@@ -7,6 +7,7 @@ opens in LeRobot's tools and a LeRobot dataset opens here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,6 +113,29 @@ class Feature:
         if self.shape in ((), (1,)):
             return scalar
         return pa.list_(scalar, self.size)
+
+    def huggingface_type(self) -> dict[str, Any]:
+        """The column as HF `datasets` describes it in a parquet file's `huggingface` schema
+        metadata, which LeRobot's writer records: with it, `datasets.Dataset.from_parquet` decodes
+        images as images and vectors as fixed-length lists without being told the features."""
+        if self.dtype == "image":
+            return {"_type": "Image"}
+        if self.dtype == "video":
+            raise ValueError("video features live in mp4 files, not in parquet columns")
+        value = {"dtype": self.dtype, "_type": "Value"}
+        if self.dtype == "string" or self.shape in ((), (1,)):
+            return value
+        return {"feature": value, "length": self.size, "_type": "List"}
+
+
+def huggingface_metadata(features: Mapping[str, Feature]) -> dict[bytes, bytes]:
+    """The `huggingface` schema metadata of a data file holding `features` and the index columns."""
+    columns = {key: feature for key, feature in features.items() if feature.dtype != "video"}
+    columns.update(
+        {key: Feature(spec["dtype"], tuple(spec["shape"])) for key, spec in INDEX_FEATURES.items()}
+    )
+    described = {key: feature.huggingface_type() for key, feature in columns.items()}
+    return {b"huggingface": json.dumps({"info": {"features": described}}).encode()}
 
 
 def default_features(

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from data import layout
-from data.features import INDEX_FEATURES, Feature
+from data.features import INDEX_FEATURES, Feature, huggingface_metadata
 from data.schema import TASK_KEY
 from data.stats import episode_stats_columns, feature_stats, image_stats
 from data.video import encode_video
@@ -336,7 +336,7 @@ class LeRobotDatasetWriter:
                 flat = pa.array(episode[key].reshape(-1))
                 arrays[key] = pa.FixedSizeListArray.from_arrays(flat, feature.size)
         arrays.update({key: pa.array(values) for key, values in index_columns.items()})
-        return pa.table(arrays)
+        return pa.table(arrays).replace_schema_metadata(huggingface_metadata(self.features))
 
     def _append_frames(self, episode: dict[str, Any], index_columns: dict[str, np.ndarray]) -> None:
         start = int(index_columns["index"][0])
@@ -349,7 +349,7 @@ class LeRobotDatasetWriter:
             existing = pq.read_table(path)
             # Rows at or past the committed total belong to an attempt that crashed before commit.
             committed = existing.filter(pa.compute.less(existing["index"], start))
-            new_rows = pa.concat_tables([committed, new_rows.cast(committed.schema)])
+            new_rows = pa.concat_tables([committed.cast(new_rows.schema), new_rows])
         layout.atomic_write_parquet(path, new_rows)
 
     def _data_path(self, file_number: int) -> Path:
