@@ -85,6 +85,27 @@ def info(path: Path, decode: bool, console: Console) -> int:
     return 0
 
 
+def rebuild(path: Path, console: Console) -> int:
+    """`vla-data stats`: rewrite the per-episode stats columns and meta/stats.json."""
+    from rich.progress import Progress
+
+    from data.writer import rebuild_stats
+
+    try:
+        reader = LeRobotDatasetReader(path)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("episodes", total=reader.num_episodes)
+            stats = rebuild_stats(path, lambda n: progress.advance(task, n))
+    except DatasetError as error:
+        console.print(f"[bold red]invalid dataset[/]: {error}")
+        return 1
+    console.print(
+        f"wrote per-episode stats of {reader.num_episodes} episodes and {path}/meta/stats.json "
+        f"({len(stats)} features)"
+    )
+    return 0
+
+
 def add_data_commands(commands: argparse._SubParsersAction) -> None:
     """The dataset commands; `sim.cli` adds the simulator's (generate) to the same program."""
     info_parser = commands.add_parser("info", help="summarize and validate a dataset")
@@ -94,6 +115,13 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip decoding images/videos (faster, less thorough)",
     )
+
+    stats_parser = commands.add_parser(
+        "stats",
+        help="recompute per-episode and dataset statistics (decodes every frame once); for "
+        "datasets written before the writer kept per-episode stats",
+    )
+    stats_parser.add_argument("path", type=Path, help="dataset directory")
 
     import_parser = commands.add_parser("import-libero", help="convert LIBERO HDF5 demonstrations")
     import_parser.add_argument("files", type=Path, nargs="+", help="LIBERO *_demo.hdf5 files")
@@ -142,6 +170,8 @@ def build_parser(
 def run_data_command(args: argparse.Namespace, console: Console) -> int:
     if args.command == "info":
         return info(args.path, decode=not args.no_decode, console=console)
+    if args.command == "stats":
+        return rebuild(args.path, console)
     if args.command == "import-libero":
         from data.libero_import import LiberoImportError, import_libero_hdf5
 

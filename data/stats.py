@@ -15,8 +15,12 @@ Three kinds, each computed where it is cheapest and exact:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from data.features import Feature
 
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 STAT_NAMES = ("mean", "std", "min", "max", *QUANTILES, "count")
@@ -125,6 +129,24 @@ def aggregate_stats(parts: Sequence[Mapping[str, object]]) -> Stats:
         **{name: (stacked(name) * weights).sum(axis=0).tolist() for name in QUANTILES},
         "count": [int(total)],
     }
+
+
+def episode_stats(
+    features: Mapping[str, Feature],
+    columns: Mapping[str, Any],
+    index_columns: Mapping[str, np.ndarray],
+) -> dict[str, Stats]:
+    """One episode's statistics: every numeric feature and camera (`columns`: (T, ...) arrays,
+    cameras as uint8 (T, H, W, 3)) and LeRobot's index columns; strings have none."""
+    stats = {
+        key: image_stats(np.asarray(columns[key]))
+        if feature.is_visual
+        else feature_stats(columns[key])
+        for key, feature in features.items()
+        if feature.is_visual or feature.is_numeric
+    }
+    stats.update({key: feature_stats(values) for key, values in index_columns.items()})
+    return stats
 
 
 # Per-episode statistics live in meta/episodes/*.parquet as one column per feature and statistic,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from PIL import Image
 from data import layout
 from data.features import INDEX_FEATURES, Feature, huggingface_metadata
 from data.schema import TASK_KEY
-from data.stats import episode_stats_columns, feature_stats, image_stats
+from data.stats import episode_stats, episode_stats_columns
 from data.video import encode_video
 
 # LeRobot's defaults, so its edit tools split and append our files as they would their own; we
@@ -192,7 +192,7 @@ class LeRobotDatasetWriter:
             **video_columns,
             "meta/episodes/chunk_index": 0,
             "meta/episodes/file_index": 0,
-            **episode_stats_columns(self._episode_stats(episode, index_columns)),
+            **episode_stats_columns(episode_stats(self.features, episode, index_columns)),
         }
         self._episodes_rows.append(row)
         layout.atomic_write_parquet(
@@ -303,18 +303,6 @@ class LeRobotDatasetWriter:
             "task_index": np.full(length, task_index, dtype=np.int64),
         }
 
-    def _episode_stats(
-        self, episode: dict[str, Any], index_columns: dict[str, np.ndarray]
-    ) -> dict[str, dict[str, list]]:
-        """Statistics of one episode's numeric, camera and index columns (strings have none)."""
-        stats = {
-            key: image_stats(episode[key]) if feature.is_visual else feature_stats(episode[key])
-            for key, feature in self.features.items()
-            if feature.is_visual or feature.is_numeric
-        }
-        stats.update({key: feature_stats(values) for key, values in index_columns.items()})
-        return stats
-
     def _frames_table(
         self, episode: dict[str, Any], index_columns: dict[str, np.ndarray]
     ) -> pa.Table:
@@ -384,3 +372,44 @@ def _encode_png(image: np.ndarray) -> bytes:
     # compress_level 1: ~3x faster to write than the default, and decode speed is the same.
     Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def rebuild_stats(root: str | Path, progress: Callable[[int], None] | None = None) -> dict:
+    """Recompute every episode's `stats/...` columns and meta/stats.json of the dataset at `root`.
+
+    For datasets written before the writer kept per-episode statistics (or edited by a tool that
+    dropped them): without those, LeRobot's edit tools write an empty stats.json and its training
+    lacks camera statistics. Decodes every frame once (video statistics then come from decoded,
+    lossy frames). Each episodes file is rewritten atomically; `progress(n)` is called per episode.
+    """
+    from data.reader import LeRobotDatasetReader
+
+    reader = LeRobotDatasetReader(root)
+    by_index = {episode.index: episode for episode in reader.episodes}
+    index_columns = reader.index_columns()
+    numeric_columns = reader.numeric_columns()
+    for path in sorted((reader.root / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
+        rows = pq.read_table(path).to_pylist()
+        for row in rows:
+            episode = by_index.get(row["episode_index"])
+            if episode is None:  # written by an interrupted writer, never committed
+                continue
+            span = slice(episode.from_index, episode.to_index)
+            columns: dict[str, Any] = {}
+            for key, feature in reader.features.items():
+                if feature.dtype == "video":
+                    columns[key] = reader.episode_video(key, episode)
+                elif feature.dtype == "image":
+                    columns[key] = np.stack(
+                        [reader.image(key, i) for i in range(span.start, span.stop)]
+                    )
+                elif feature.is_numeric:
+                    columns[key] = numeric_columns[key][span]
+            indices = {key: values[span] for key, values in index_columns.items()}
+            row.update(episode_stats_columns(episode_stats(reader.features, columns, indices)))
+            if progress is not None:
+                progress(1)
+        layout.atomic_write_parquet(path, pa.Table.from_pylist(rows))
+    stats = LeRobotDatasetReader(root).compute_stats()
+    layout.atomic_write_json(reader.root / layout.STATS_PATH, stats)
+    return stats

@@ -5,6 +5,8 @@ episodes are deleted or split (what LeRobot's edit tools do)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from data.reader import LeRobotDatasetReader
 from data.stats import QUANTILES, STAT_NAMES, aggregate_stats, feature_stats, image_stats
 
 CAMERAS = ("observation.images.agentview", "observation.images.wrist")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _pixels(frames: list[np.ndarray], channel: int) -> np.ndarray:
@@ -128,3 +131,27 @@ def test_stale_stats_json_is_recomputed_with_cameras(write_dataset, tmp_path: Pa
     stats = LeRobotDatasetReader(root).stats
     for key in (*CAMERAS, "observation.state", "timestamp"):
         np.testing.assert_allclose(np.asarray(stats[key]["mean"]), written[key]["mean"])
+
+
+def test_vla_data_stats_restores_what_an_older_writer_lacked(write_dataset) -> None:
+    root, _ = write_dataset(lengths=(6, 3, 8))
+    episodes_file = root / "meta/episodes/chunk-000/file-000.parquet"
+    complete_rows = pq.read_table(episodes_file).to_pylist()
+    complete_stats = json.loads((root / "meta/stats.json").read_text())
+    # What the writer wrote before per-episode stats: no stats/ columns, numeric stats only.
+    bare = pq.read_table(episodes_file)
+    bare = bare.select([name for name in bare.column_names if not name.startswith("stats/")])
+    pq.write_table(bare, episodes_file)
+    (root / "meta/stats.json").write_text(json.dumps({"action": complete_stats["action"]}))
+    assert CAMERAS[0] not in LeRobotDatasetReader(root).stats
+
+    result = subprocess.run(
+        [sys.executable, "-m", "data.cli", "stats", str(root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert pq.read_table(episodes_file).to_pylist() == complete_rows
+    assert json.loads((root / "meta/stats.json").read_text()) == complete_stats
