@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ from data.features import INDEX_FEATURES, Feature, huggingface_metadata
 from data.schema import TASK_KEY
 from data.stats import episode_stats, episode_stats_columns
 from data.video import encode_video
+
+log = logging.getLogger(__name__)
 
 # LeRobot's defaults, so its edit tools split and append our files as they would their own; we
 # write one mp4 per episode and camera, so the video size is only recorded, never reached.
@@ -120,6 +123,16 @@ class LeRobotDatasetWriter:
         self.info = reader.info
         self.tasks = list(reader.tasks)
         self._episodes_rows = reader.episodes_table().to_pylist()
+        if self._episodes_rows and not any(
+            key.startswith("stats/") for key in self._episodes_rows[0]
+        ):
+            log.warning(
+                "%s was written before the writer kept per-episode statistics: new episodes get "
+                "them, earlier ones do not; `vla-data stats %s` adds them (LeRobot's edit tools "
+                "and camera statistics need them)",
+                self.root,
+                self.root,
+            )
         last = self._episodes_rows[-1] if self._episodes_rows else None
         self._data_file_number = (
             last["data/chunk_index"] * layout.CHUNKS_SIZE + last["data/file_index"] if last else 0
@@ -197,7 +210,7 @@ class LeRobotDatasetWriter:
         self._episodes_rows.append(row)
         layout.atomic_write_parquet(
             self.root / layout.EPISODES_PATH.format(chunk_index=0, file_index=0),
-            pa.Table.from_pylist(self._episodes_rows),
+            _rows_table(self._episodes_rows),
         )
         layout.atomic_write_parquet(self.root / layout.TASKS_PATH, self._tasks_table())
 
@@ -367,6 +380,13 @@ class LeRobotDatasetWriter:
         return columns
 
 
+def _rows_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows with the union of their keys as columns (`Table.from_pylist` keeps only the first
+    row's: a resumed older dataset would silently drop the new rows' stats columns)."""
+    columns = dict.fromkeys(key for row in rows for key in row)
+    return pa.table({key: [row.get(key) for row in rows] for key in columns})
+
+
 def _encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     # compress_level 1: ~3x faster to write than the default, and decode speed is the same.
@@ -409,7 +429,7 @@ def rebuild_stats(root: str | Path, progress: Callable[[int], None] | None = Non
             row.update(episode_stats_columns(episode_stats(reader.features, columns, indices)))
             if progress is not None:
                 progress(1)
-        layout.atomic_write_parquet(path, pa.Table.from_pylist(rows))
+        layout.atomic_write_parquet(path, _rows_table(rows))
     stats = LeRobotDatasetReader(root).compute_stats()
     layout.atomic_write_json(reader.root / layout.STATS_PATH, stats)
     return stats

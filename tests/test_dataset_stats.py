@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import make_episode
 
 from data.features import INDEX_FEATURES
 from data.reader import LeRobotDatasetReader
 from data.stats import QUANTILES, STAT_NAMES, aggregate_stats, feature_stats, image_stats
+from data.writer import LeRobotDatasetWriter, rebuild_stats
 
 CAMERAS = ("observation.images.agentview", "observation.images.wrist")
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +157,23 @@ def test_vla_data_stats_restores_what_an_older_writer_lacked(write_dataset) -> N
     assert result.returncode == 0, result.stdout + result.stderr
     assert pq.read_table(episodes_file).to_pylist() == complete_rows
     assert json.loads((root / "meta/stats.json").read_text()) == complete_stats
+
+
+def test_resuming_an_older_dataset_keeps_the_new_episodes_stats(write_dataset) -> None:
+    root, _ = write_dataset(lengths=(6, 3))
+    episodes_file = root / "meta/episodes/chunk-000/file-000.parquet"
+    bare = pq.read_table(episodes_file)
+    pq.write_table(
+        bare.select([name for name in bare.column_names if not name.startswith("stats/")]),
+        episodes_file,
+    )
+    writer = LeRobotDatasetWriter(root)
+    writer.add_episode(make_episode(4, seed=9), task="task 0")
+    writer.finalize()
+    rows = pq.read_table(episodes_file).to_pylist()
+    assert [row["stats/action/count"] for row in rows] == [None, None, [4]]
+    reader = LeRobotDatasetReader(root)
+    assert CAMERAS[0] not in reader.stats  # not every episode has camera statistics
+    assert reader.stats["action"]["count"][0] == 13  # numeric ones come from the columns
+    rebuild_stats(root)
+    assert LeRobotDatasetReader(root).stats[CAMERAS[0]]["count"][0] == 13
