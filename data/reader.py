@@ -299,13 +299,14 @@ class LeRobotDatasetReader:
             key: column_to_numpy(self.table[key], self.features[key]) for key in self.numeric_keys
         }
 
+    @property
+    def index_keys(self) -> list[str]:
+        """LeRobot's index columns this dataset's frames carry (timestamp, frame_index, ...)."""
+        return [key for key in INDEX_FEATURES if key in self.table.column_names]
+
     def index_columns(self) -> dict[str, np.ndarray]:
-        """LeRobot's index columns (timestamp, frame_index, episode_index, index, task_index), (N,)."""
-        return {
-            key: self.table[key].to_numpy()
-            for key in INDEX_FEATURES
-            if key in self.table.column_names
-        }
+        """Each of `index_keys` as an (N,) array."""
+        return {key: self.table[key].to_numpy() for key in self.index_keys}
 
     def task_of_frames(self) -> list[str]:
         """Task text per frame, resolved through task_index."""
@@ -314,6 +315,14 @@ class LeRobotDatasetReader:
     def image(self, key: str, row: int) -> np.ndarray:
         """Decode one stored image (parquet image feature) as uint8 (H, W, 3)."""
         return decode_image(self.table[key][row]["bytes"].as_py())
+
+    def episode_frames(self, key: str, episode: Episode) -> np.ndarray:
+        """All frames of camera `key` in one episode, (T, H, W, 3) uint8, PNG or video."""
+        if self.features[key].dtype == "video":
+            return self.episode_video(key, episode)
+        return np.stack(
+            [self.image(key, row) for row in range(episode.from_index, episode.to_index)]
+        )
 
     def episode_video(self, key: str, episode: Episode) -> np.ndarray:
         """Decode one episode of a video feature as uint8 (T, H, W, 3)."""
@@ -343,7 +352,7 @@ class LeRobotDatasetReader:
         """meta/stats.json when it is complete and current, else `compute_stats()`."""
         path = self.root / layout.STATS_PATH
         stats = _read_json(path) if path.exists() else {}
-        counted = [*self.numeric_keys, *self.index_columns()]
+        counted = [*self.numeric_keys, *self.index_keys]
         current = all(
             isinstance(stats.get(key), dict)
             and stats[key].get("count", [None])[0] == self.num_frames

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.features import Feature, observation_spec
-from data.reader import Episode, LeRobotDatasetReader, column_to_numpy, decode_image
+from data.reader import LeRobotDatasetReader, column_to_numpy, decode_image
 from data.schema import (
     ACTION_IS_PAD_KEY,
     ACTION_KEY,
@@ -254,13 +254,6 @@ def frame_cache_path(reader: LeRobotDatasetReader, key: str) -> Path:
     return cache_dir / name
 
 
-def episode_frames(reader: LeRobotDatasetReader, key: str, episode: Episode) -> np.ndarray:
-    """All frames of camera `key` in one episode, (T, H, W, 3) uint8, decoded from the dataset."""
-    if reader.features[key].dtype == "video":
-        return reader.episode_video(key, episode)
-    return np.stack([reader.image(key, row) for row in range(episode.from_index, episode.to_index)])
-
-
 def decoded_frame_cache(reader: LeRobotDatasetReader, key: str) -> Path:
     """A .npy file of all frames of one camera, (N, H, W, 3) uint8, decoded once (at
     `frame_cache_path`): training on live images reads frames from it, not from PNG or video."""
@@ -277,7 +270,7 @@ def decoded_frame_cache(reader: LeRobotDatasetReader, key: str) -> Path:
             partial, mode="w+", dtype=np.uint8, shape=(reader.num_frames, *feature.shape)
         )
         for episode in reader.episodes:
-            frames[episode.from_index : episode.to_index] = episode_frames(reader, key, episode)
+            frames[episode.from_index : episode.to_index] = reader.episode_frames(key, episode)
         frames.flush()
         del frames
         partial.rename(path)

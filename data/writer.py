@@ -29,7 +29,7 @@ from PIL import Image
 from data import layout
 from data.features import INDEX_FEATURES, Feature, huggingface_metadata
 from data.schema import TASK_KEY
-from data.stats import episode_stats, episode_stats_columns
+from data.stats import EPISODE_STATS_PREFIX, episode_stats, episode_stats_columns
 from data.video import encode_video
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class LeRobotDatasetWriter:
         self.tasks = list(reader.tasks)
         self._episodes_rows = reader.episodes_table().to_pylist()
         if self._episodes_rows and not any(
-            key.startswith("stats/") for key in self._episodes_rows[0]
+            key.startswith(EPISODE_STATS_PREFIX) for key in self._episodes_rows[0]
         ):
             log.warning(
                 "%s was written before the writer kept per-episode statistics: new episodes get "
@@ -417,12 +417,8 @@ def rebuild_stats(root: str | Path, progress: Callable[[int], None] | None = Non
             span = slice(episode.from_index, episode.to_index)
             columns: dict[str, Any] = {}
             for key, feature in reader.features.items():
-                if feature.dtype == "video":
-                    columns[key] = reader.episode_video(key, episode)
-                elif feature.dtype == "image":
-                    columns[key] = np.stack(
-                        [reader.image(key, i) for i in range(span.start, span.stop)]
-                    )
+                if feature.is_visual:
+                    columns[key] = reader.episode_frames(key, episode)
                 elif feature.is_numeric:
                     columns[key] = numeric_columns[key][span]
             indices = {key: values[span] for key, values in index_columns.items()}

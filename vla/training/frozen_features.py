@@ -31,7 +31,7 @@ from torch import nn
 
 from data.reader import LeRobotDatasetReader
 from data.schema import STATE_KEY, ObservationSpec
-from data.torch_dataset import episode_frames, frame_cache_path
+from data.torch_dataset import frame_cache_path
 from vla.processor import PrepareImages, StepContext, image_features_key
 
 STORAGE_DTYPE = torch.float16
@@ -140,7 +140,7 @@ def _row_batches(
     for episode in reader.episodes:
         if episode.from_index != row + (0 if carried is None else len(carried)):
             raise ValueError(f"{reader.root}: episode rows are not consecutive at {episode}")
-        frames = episode_frames(reader, key, episode)
+        frames = reader.episode_frames(key, episode)
         if carried is not None:
             frames = np.concatenate([carried, frames])
         full = len(frames) - len(frames) % batch_size
