@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blend-steps", type=int, default=4)
     parser.add_argument("--freeze-steps", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="the server's device")
+    parser.add_argument(
+        "--action-range-margin",
+        type=float,
+        help="the server's check of served actions (vla serve --action-range-margin; an "
+        "untrained checkpoint needs a wide one)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON line")
     return parser
 
@@ -67,7 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("MUJOCO_GL", "egl")
     token = secrets.token_urlsafe(16)  # the demo authenticates like a real deployment would
-    process, uri = start_server_process(args.checkpoint, token=token, device=args.device)
+    server_args = (
+        []
+        if args.action_range_margin is None
+        else ["--action-range-margin", str(args.action_range_margin)]
+    )
+    process, uri = start_server_process(
+        args.checkpoint, token=token, device=args.device, extra_args=server_args
+    )
     try:
         client = PolicyClient(uri, token=token)
         env = make_robot(args, robot_camera_resolution(args, client.metadata))

@@ -99,6 +99,21 @@ def write_dataset(tmp_path: Path) -> Callable[..., tuple[Path, list[EpisodeColum
     return write
 
 
+def set_image_bytes(root: Path, key: str, row: int, encoded: bytes) -> None:
+    """Replace the stored image of camera `key` at `row` of the first data file by `encoded`
+    (e.g. garbage, or a PNG of another size), as a corrupted copy would hold it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = root / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    images = table[key].to_pylist()
+    images[row] = {"bytes": encoded, "path": None}
+    column = table.schema.get_field_index(key)
+    table = table.set_column(column, key, pa.array(images, table.schema.field(column).type))
+    pq.write_table(table, path)
+
+
 # ====================================================================================== policy side
 def fake_inputs(
     config: VLAConfig, batch: int = 3, text_lengths: tuple[int, ...] = (10, 24, 5), seed: int = 0
@@ -196,13 +211,25 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"))
 
 
+# The tiny checkpoints here are untrained: their chunks stray several training ranges away from
+# their stats (a trained one stays near them), so servers in tests check actions against a range
+# this many widths wider on each side instead of the default 1.
+UNTRAINED_ACTION_MARGIN = 8.0
+
+
 @contextlib.contextmanager
 def running(policy: VLAPolicy, **config: Any) -> Iterator[BackgroundServer]:
     """A policy server on a free loopback port (seed 0, MAX_MESSAGE) for the `with` block;
     `config` overrides any ServerConfig field."""
     from vla.serving.server import BackgroundServer, PolicyServer, ServerConfig
 
-    config = {"port": 0, "max_message_bytes": MAX_MESSAGE, "seed": 0, **config}
+    config = {
+        "port": 0,
+        "max_message_bytes": MAX_MESSAGE,
+        "seed": 0,
+        "action_range_margin": UNTRAINED_ACTION_MARGIN,
+        **config,
+    }
     with BackgroundServer(PolicyServer(policy, ServerConfig(**config))) as server:
         yield server
 

@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TINY_RESOLUTION, observation, running, save_tiny_checkpoint
+from conftest import (
+    TINY_RESOLUTION,
+    UNTRAINED_ACTION_MARGIN,
+    observation,
+    running,
+    save_tiny_checkpoint,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -284,7 +290,9 @@ def test_watchdog_stops_motion_within_one_period_when_the_server_process_is_paus
     tiny_checkpoint,
 ) -> None:
     """`vla serve` in a child process, frozen with SIGSTOP while the controller runs at 20 Hz."""
-    process, address = start_server_process(tiny_checkpoint)
+    process, address = start_server_process(
+        tiny_checkpoint, extra_args=["--action-range-margin", str(UNTRAINED_ACTION_MARGIN)]
+    )
     hz, deadline = 20.0, 0.25
     controller = None
     try:
@@ -363,6 +371,8 @@ def test_deploy_demo_runs_a_full_episode_through_server_and_controller(tmp_path)
             "--hz",
             "10",
             "--json",
+            "--action-range-margin",
+            str(UNTRAINED_ACTION_MARGIN),
         ],
         capture_output=True,
         text=True,

@@ -1,6 +1,8 @@
 """`vla`: serve a checkpoint to robots.
 
     vla serve --checkpoint DIR [--host 127.0.0.1] [--port 8000] [--token ...] [--max-batch 8]
+              [--max-queue 32] [--idle-timeout-s 60] [--action-range-margin 1.0]
+              [--allow-unauthenticated]
 
 `start_server_process` runs `vla serve` as a child process (what the deploy demo, the tests and
 the latency benchmark do). The demo with the simulator standing in for the robot is
@@ -53,6 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="rename the robot's observation keys, e.g. observation/image=observation.images.agentview prompt=task",
     )
     serve.add_argument("--seed", type=int, help="seed of the noise for requests without their own")
+    serve.add_argument(
+        "--max-queue", type=int, default=32, help="waiting requests; more get 'overloaded'"
+    )
+    serve.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=60.0,
+        help="close a connection that sends nothing for this long (0: never)",
+    )
+    serve.add_argument(
+        "--action-range-margin",
+        type=float,
+        default=1.0,
+        help="refuse chunks outside the checkpoint's action range widened by this fraction of "
+        "its width (0: no check)",
+    )
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="allow a non-loopback --host without a token (only on a trusted network)",
+    )
     return parser
 
 
@@ -77,16 +100,26 @@ def serve(args: argparse.Namespace) -> int:
             print(f"--key-map takes ROBOT=OURS pairs, got {pair!r}", file=sys.stderr)
             return 2
         key_map[robot] = ours
-    config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        token=args.token or None,
-        max_message_bytes=int(args.max_message_mb * 2**20),
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        key_map=key_map,
-        seed=args.seed,
-    )
+    try:  # every setting is checked before the checkpoint loads (seconds to minutes)
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            # None only when neither --token nor the variable is given: a set-but-empty token
+            # is refused by ServerConfig instead of silently meaning "no authentication"
+            token=args.token,
+            max_message_bytes=int(args.max_message_mb * 2**20),
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue,
+            idle_timeout_s=args.idle_timeout_s or None,
+            action_range_margin=args.action_range_margin or None,
+            allow_unauthenticated=args.allow_unauthenticated,
+            key_map=key_map,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        print(f"vla serve: {error}", file=sys.stderr)
+        return 2
     policy = VLAPolicy.from_pretrained(args.checkpoint, device=args.device)
     try:
         PolicyServer(policy, config).run()

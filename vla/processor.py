@@ -47,6 +47,7 @@ from data.schema import (
 )
 from vla.config import VLAConfig
 from vla.model import ModelInputs
+from vla.robot.safety import ActionRange
 from vla.tokenizer import decode_reasoning, encode_reasoning, encode_text
 
 if TYPE_CHECKING:
@@ -479,6 +480,7 @@ class Processor:
         self.normalizer = Normalizer(
             stats, {STATE_KEY: settings.state_norm, ACTION_KEY: settings.action_norm}
         )
+        self._action_stats = stats[ACTION_KEY]  # min/max bound what the server may send
         self.reasoning = ReasoningTargets(
             tokenizer,
             config.max_reasoning_tokens,
@@ -501,6 +503,16 @@ class Processor:
                 self.reasoning,
                 NormalizeActions(self.normalizer.features[ACTION_KEY]),
             )
+        )
+
+    def action_range(self, margin: float) -> ActionRange:
+        """The range this checkpoint's actions may take (robot units; see `ActionRange`)."""
+        stats = self._action_stats
+        missing = [name for name in ("min", "max") if name not in stats]
+        if missing:
+            raise KeyError(f"the action stats lack {missing}, which bound the served actions")
+        return ActionRange.from_stats(
+            stats["min"], stats["max"], self.normalizer.features[ACTION_KEY].scale, margin
         )
 
     @classmethod

@@ -12,16 +12,26 @@ client must install there without CUDA wheels. It speaks the openpi websocket pr
 
 A connection that failed or timed out is dropped and reopened by the next `infer`: a reply that
 arrives after its request timed out must never be read as the answer to the next request.
+
+`timeout` bounds the whole round trip: connecting, sending and receiving. Sending is the part a
+plain websocket cannot bound: with a frozen server the socket's buffers fill and `send` blocks
+forever, holding the connection's lock (so even `close` would block). A timer therefore shuts the
+socket down when the deadline passes, which fails the blocked send at once; `close` is bounded
+the same way. A connection the server closed while it sat idle (its `idle_timeout_s`) is reopened
+before the next request instead of failing it.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
 from vla.robot import protocol
@@ -48,10 +58,13 @@ class PolicyClient:
         open_timeout: float = 10.0,
         timeout: float | None = 30.0,
         validate: bool = True,
+        close_timeout: float = 1.0,
     ) -> None:
         """Connect and read the server's metadata.
 
-        `timeout` bounds each `infer` round trip (None waits forever). `validate` checks each
+        `timeout` bounds each `infer` call, connecting (again) included: it returns or raises
+        within about that long, whatever the server does (None waits forever). `close_timeout`
+        bounds `close`. `validate` checks each
         observation against the server's spec before sending, so a robot-side mistake fails
         here, with the same message the server would send, without a network round trip.
         """
@@ -60,9 +73,10 @@ class PolicyClient:
         self.open_timeout = open_timeout
         self.timeout = timeout
         self.validate = validate
+        self.close_timeout = close_timeout
         self._connection: ClientConnection | None = None
         self.metadata: dict[str, Any] = {}
-        self._connect()
+        self._connect(open_timeout)
 
     @property
     def spec(self) -> RequestSpec | None:
@@ -70,16 +84,18 @@ class PolicyClient:
         payload = self.metadata.get("request")
         return RequestSpec.from_dict(payload) if isinstance(payload, Mapping) else None
 
-    def _connect(self) -> ClientConnection:
+    def _connect(self, timeout: float) -> ClientConnection:
+        """Open a connection and read the metadata, all within `timeout` seconds."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        started = time.monotonic()
         try:
             connection = connect(
                 self.uri,
                 additional_headers=headers,
                 compression=None,
                 max_size=None,  # replies are small; the server bounds what we may send
-                open_timeout=self.open_timeout,
-                close_timeout=1.0,  # never hang a robot's thread on a server that went silent
+                open_timeout=timeout,
+                close_timeout=self.close_timeout,
             ).__enter__()  # long-lived, closed by close(); websockets >= 17.1 asks for the enter
         except InvalidStatus as error:
             status = error.response.status_code
@@ -87,7 +103,12 @@ class PolicyClient:
             raise ConnectionRefusedError(
                 f"{self.uri} refused the connection: HTTP {status} {body}"
             ) from None
-        metadata = unpackb(connection.recv(timeout=self.open_timeout))
+        try:
+            remaining = max(0.0, timeout - (time.monotonic() - started))
+            metadata = unpackb(connection.recv(timeout=remaining))
+        except (TimeoutError, ConnectionClosed) as error:
+            _abort(connection)
+            raise ConnectionError(f"{self.uri} sent no metadata: {error!r}") from None
         if not isinstance(metadata, dict):
             connection.close()
             raise ConnectionError(f"{self.uri} sent metadata that is not a map: {metadata!r:.80}")
@@ -128,11 +149,10 @@ class PolicyClient:
                 f"the observation is {len(payload)} bytes, over the server's limit of {limit}; "
                 f"send smaller images or raise the server's --max-message-mb"
             )
-        connection = self._connection or self._connect()
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         started = time.perf_counter()
         try:
-            connection.send(payload)
-            reply = connection.recv(timeout=self.timeout)
+            reply = self._round_trip(payload, deadline)
         except TimeoutError:
             self._drop()
             raise TimeoutError(f"{self.uri} did not answer within {self.timeout} s") from None
@@ -150,15 +170,42 @@ class PolicyClient:
         result["client_timing"] = {"round_trip_ms": (time.perf_counter() - started) * 1000}
         return result
 
+    def _round_trip(self, payload: bytes, deadline: float | None) -> str | bytes:
+        """Send one request and receive its reply before `deadline` (monotonic; None: never)."""
+
+        def remaining() -> float | None:
+            if deadline is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            return left
+
+        connection = self._connection
+        if connection is not None and connection.state is not State.OPEN:
+            self._drop()  # e.g. closed by the server's idle timeout: reopen, don't fail
+            connection = None
+        if connection is None:
+            left = remaining()
+            connection = self._connect(
+                self.open_timeout if left is None else min(left, self.open_timeout)
+            )
+        _bounded(connection, remaining(), lambda: connection.send(payload))
+        return connection.recv(timeout=remaining())
+
     def _drop(self) -> None:
         if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+            connection, self._connection = self._connection, None
+            try:
+                _bounded(connection, self.close_timeout, connection.close)
+            except (TimeoutError, OSError, ConnectionClosed):
+                pass  # aborted: the socket is shut down either way
 
     def reset(self) -> None:
         """openpi's client API; the server keeps no per-episode state, so there is nothing to do."""
 
     def close(self) -> None:
+        """Close the connection; returns within about `close_timeout` s, even mid-send."""
         self._drop()
 
     def __enter__(self) -> PolicyClient:
@@ -166,3 +213,40 @@ class PolicyClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _abort(connection: ClientConnection) -> None:
+    """Shut the socket down without the connection's lock: a send blocked on a frozen peer fails
+    at once, and the connection closes without a handshake."""
+    try:
+        connection.socket.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+    connection.close_socket()
+
+
+def _bounded(connection: ClientConnection, seconds: float | None, action: Callable[[], Any]) -> Any:
+    """`action()`, with the connection aborted once it has run `seconds`; raises TimeoutError
+    when that happened (whatever the aborted action raised instead)."""
+    if seconds is None:
+        return action()
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _abort(connection)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        result = action()
+    except Exception:
+        if expired.is_set():
+            raise TimeoutError from None
+        raise
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise TimeoutError
+    return result

@@ -19,7 +19,8 @@ server error (it raises with the frame's text), so openpi clients read our error
 our client parses the JSON into a `ServerError` with the type below. Two failures cannot be
 answered in-band: a message over the size limit closes the connection with code 1009 (the rest of
 the frame is never read, which is the point of the limit), and a bad token refuses the handshake
-with HTTP 401.
+with HTTP 401. A connection that sends nothing for the server's `idle_timeout_s` (metadata) is
+closed with code 1001; the client reconnects on its next request.
 
 `RequestSpec.validate` is shared by the server (which must refuse anything malformed before
 it reaches the model) and the client (which can fail fast, before a network round trip).
@@ -46,6 +47,9 @@ BAD_FRAME = "bad_frame"  # a text frame, or bytes that are not msgpack
 INVALID_OBSERVATION = "invalid_observation"  # msgpack, but not an observation the model takes
 INTERNAL = "internal"  # the model failed on a valid observation (a server bug: please report)
 UNSUPPORTED = "unsupported"  # the checkpoint cannot do what was asked (think, trained act-only)
+OVERLOADED = "overloaded"  # the server's queue is full: retry shortly (nothing was computed)
+# the model's chunk was non-finite or outside the checkpoint's action range: never sent to a robot
+UNSAFE_ACTIONS = "unsafe_actions"
 CLOSE_MESSAGE_TOO_BIG = 1009  # websocket close code for a message over max_message_bytes
 
 

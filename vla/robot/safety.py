@@ -93,3 +93,44 @@ class SafetyLayer:
         command = np.minimum(np.maximum(action, lower), upper)
         self.last = command
         return command.copy(), True
+
+
+@dataclass(frozen=True)
+class ActionRange:
+    """The range a checkpoint's actions may take: its training actions' [min, max] per dimension,
+    widened on each side by `margin` times the larger of the dimension's width and its
+    normalization scale (a dimension that never varied in training would otherwise allow no
+    deviation at all). The server refuses to serve a chunk outside it: a model that leaves its
+    data's range this far is broken (a corrupted weight, wrong stats), not bold.
+    """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    @classmethod
+    def from_stats(
+        cls, minimum: np.ndarray, maximum: np.ndarray, scale: np.ndarray, margin: float
+    ) -> ActionRange:
+        minimum, maximum, scale = (
+            np.asarray(v, dtype=np.float64).reshape(-1) for v in (minimum, maximum, scale)
+        )
+        widen = margin * np.maximum(maximum - minimum, scale)  # (A,)
+        return cls(tuple((minimum - widen).tolist()), tuple((maximum + widen).tolist()))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"low": list(self.low), "high": list(self.high)}
+
+    def violation(self, chunk: np.ndarray, where: str = "the model") -> str | None:
+        """Why the (H, A) chunk leaves the range (the worst dimension), or None if it does not."""
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        chunk = np.asarray(chunk, dtype=np.float64)
+        excess = np.maximum(low - chunk, chunk - high)  # (H, A); > 0 outside
+        if not (excess > 0).any():
+            return None
+        step, dim = np.unravel_index(int(np.argmax(excess)), excess.shape)
+        return (
+            f"{where} produced action[{step}][{dim}] = {chunk[step, dim]:.6g}, outside the "
+            f"checkpoint's action range [{low[dim]:.6g}, {high[dim]:.6g}] for dimension {dim} "
+            f"(training min/max widened by the server's action_range_margin); the checkpoint's "
+            f"weights or stats.json are likely wrong"
+        )
