@@ -10,6 +10,7 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,15 @@ from vla.robot import (
     StitchConfig,
     default_n_action_steps,
 )
-from vla.robot.controller import DEADLINE, NO_PLAN, PLAN, WAITING
+from vla.robot.controller import (
+    BEFORE_STOP,
+    DEADLINE,
+    NO_PLAN,
+    PLAN,
+    STOPPED,
+    TOO_OLD,
+    WAITING,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = TINY_RESOLUTION[0]  # camera resolution of the test observations (as trained)
@@ -254,6 +263,123 @@ def test_controller_aligns_chunks_to_steps_and_trips_the_watchdog_in_ticks() -> 
     safe = controller.shutdown()
     assert not controller.worker_alive
     np.testing.assert_array_equal(safe[:6], 0.0)
+
+
+class ScriptedLoop:
+    """A controller on a ScriptedServer with a fake clock: one `tick` is one 20 Hz period."""
+
+    def __init__(self, **config: Any) -> None:
+        self.server, self.clock = ScriptedServer(), [0.0]
+        self.controller = Controller(
+            self.server,
+            ControllerConfig(control_hz=20, stitch=StitchConfig("replace"), **config),
+            clock=lambda: self.clock[0],
+        )
+
+    def tick(self, stamp: float | None = None) -> tuple[str, np.ndarray]:
+        action = self.controller.act({"step": self.controller.step}, stamp=stamp)
+        self.clock[0] += 0.05
+        return self.controller.ticks[-1].source, action
+
+    def reply(self, value: float = 0.1) -> None:
+        """Answer the oldest outstanding request with a constant chunk; wait until it is in."""
+        _, box = self.server.requests.get(timeout=10)
+        before = self.controller.stats.chunks + self.controller.stats.stale_chunks
+        waiting = self.controller.chunks_waiting()
+        box.put(np.full((self.server.horizon, 7), value))
+        deadline = time.monotonic() + 10
+        while self.controller.chunks_waiting() == waiting and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert self.controller.stats.chunks + self.controller.stats.stale_chunks == before
+
+
+def test_after_a_watchdog_stop_a_chunk_from_before_the_stop_never_moves_the_arm() -> None:
+    """The review's attack: the server freezes, the watchdog stops the arm, then the reply to
+    the request sent before the freeze arrives (its observation 2 s old). Before the fix it
+    resumed motion; now only a chunk computed from a post-stop observation does."""
+    loop = ScriptedLoop(replan_every=100, deadline_s=0.5)
+    controller = loop.controller
+    assert loop.tick()[0] == WAITING
+    loop.reply(0.1)
+    assert loop.tick()[0] == PLAN  # moving on the first chunk
+    loop.clock[0] += 0.1  # ... the next request goes out (forced by a retry below)
+    controller._retry = True  # noqa: SLF001 - the request that will arrive 2 s late
+    assert loop.tick()[0] == PLAN
+    request_time = loop.clock[0] - 0.05
+    for _ in range(40):  # 2 s of silence: the watchdog stops the arm
+        source, action = loop.tick()
+    assert source == DEADLINE and controller.stats.watchdog_stops == 1
+    np.testing.assert_array_equal(action[:6], 0.0)
+    assert loop.clock[0] - request_time > 2.0
+    loop.reply(0.3)  # the late reply to the pre-stop observation
+    source, action = loop.tick()
+    assert source == DEADLINE, "a chunk from before the stop resumed motion"
+    np.testing.assert_array_equal(action[:6], 0.0)
+    assert controller.stats.stale_reasons[BEFORE_STOP] == 1
+    # that tick asked again at once, with its own (post-stop) observation: that one may move
+    loop.reply(0.5)
+    source, action = loop.tick()
+    assert source == PLAN and action[0] == pytest.approx(0.5)
+    controller.shutdown()
+
+
+def test_a_chunk_whose_observation_is_too_old_is_dropped_by_its_stamp_not_its_arrival() -> None:
+    loop = ScriptedLoop(replan_every=100, deadline_s=0.5, max_chunk_age_s=0.3)
+    # the robot's camera frame was taken 0.4 s before the tick that sends it
+    loop.tick(stamp=loop.clock[0] - 0.4)
+    loop.reply()
+    assert loop.tick()[0] == WAITING, "a chunk of a 0.45 s old observation was used"
+    assert loop.controller.stats.stale_reasons[TOO_OLD] == 1
+    loop.reply()  # asked again at once with a fresh stamp
+    assert loop.tick()[0] == PLAN
+    loop.controller.shutdown()
+
+
+def test_reset_between_episodes_never_replays_the_last_episodes_chunk() -> None:
+    loop = ScriptedLoop(replan_every=100, deadline_s=0.5)
+    controller = loop.controller
+    loop.tick()
+    loop.reply(0.2)
+    assert loop.tick() == (PLAN, pytest.approx(np.full(7, 0.2)))
+    controller._retry = True  # noqa: SLF001 - a request of episode 1 is in flight at its end
+    loop.tick()
+    deadline = time.monotonic() + 10
+    while loop.server.requests.qsize() == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)  # the worker has sent it
+    controller.reset()
+    assert controller.step == 0
+    source, action = loop.tick()  # episode 2, step 0: no plan yet
+    assert source == WAITING
+    np.testing.assert_array_equal(action, np.r_[np.zeros(6), -1.0])  # safety state reset too
+    _, box = loop.server.requests.get(timeout=10)  # episode 1's request answers late
+    box.put(np.full((loop.server.horizon, 7), 0.2))
+    deadline = time.monotonic() + 10
+    while controller._in_flight and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.001)
+    assert controller.chunks_waiting() == 0, "episode 1's reply was kept"
+    for _ in range(3):
+        assert loop.tick()[0] == WAITING
+    controller.shutdown()
+
+
+def test_shutdown_returns_in_time_when_closing_the_client_blocks() -> None:
+    """A client whose close() hangs (as a websocket blocked mid-send did) cannot hold shutdown;
+    every tick after it is the safe action."""
+
+    class HangingClient(InstantServer):
+        def close(self) -> None:
+            time.sleep(30)
+
+    controller = Controller(HangingClient(8), ControllerConfig())
+    controller.act({})
+    finished: list[np.ndarray] = []
+    thread = threading.Thread(target=lambda: finished.append(controller.shutdown(timeout=0.5)))
+    thread.start()
+    thread.join(20)
+    assert finished, "shutdown() did not return"
+    np.testing.assert_array_equal(finished[0][:6], 0.0)
+    assert controller.act({})[:6].tolist() == [0.0] * 6
+    assert controller.ticks[-1].source == STOPPED
 
 
 class InstantServer:

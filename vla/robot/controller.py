@@ -9,6 +9,7 @@
         rate.sleep()
         observation = robot.observe()
     robot.apply(controller.shutdown())         # the safe action; worker stopped, socket closed
+    controller.reset()                         # before the next episode on the same controller
 
 Why it is built this way (numpy + `vla.robot.client` only, so it runs on a robot computer):
 
@@ -24,6 +25,15 @@ Why it is built this way (numpy + `vla.robot.client` only, so it runs on a robot
   ahead) arrived within `deadline_s`, or the plan has run out, the command is the safe action
   (zero delta, gripper held). Because `act` never blocks, the first tick after the deadline
   commands the stop: within one control period, whatever the server or network does.
+- Freshness is judged by when the observation was taken, not when its chunk arrived. Every
+  observation is stamped (`act(observation, stamp=...)`, default: the tick's clock time), and a
+  chunk whose observation is older than `max_chunk_age_s` when it would be used is dropped: the
+  arm must not move on a picture of the world from seconds ago. After a watchdog stop, motion
+  resumes only with a chunk computed from an observation taken after the stop began; the plan
+  from before the stop is discarded, never resumed.
+- `shutdown` returns within its timeout whatever the client or server does (closing a client
+  blocked mid-send happens on a helper thread), and every `act` after it returns the safe
+  action. `reset` starts a new episode: a reply still in flight from the last one is ignored.
 """
 
 from __future__ import annotations
@@ -50,7 +60,13 @@ WAITING = "waiting"  # no chunk has arrived yet: safe action
 DEADLINE = "deadline"  # the watchdog: no fresh chunk within deadline_s: safe action
 NO_PLAN = "no_plan"  # the plan ran out before a new chunk arrived: safe action
 UNUSABLE = "unusable"  # the planned action was non-finite: safe action
-SAFE_SOURCES = (WAITING, DEADLINE, NO_PLAN, UNUSABLE)
+STOPPED = "stopped"  # after shutdown(): safe action
+SAFE_SOURCES = (WAITING, DEADLINE, NO_PLAN, UNUSABLE, STOPPED)
+
+# Why a reply was not stitched into the plan (`ControllerStats.stale_reasons`).
+PAST = "past"  # every action of the chunk was for a step already gone
+TOO_OLD = "too_old"  # its observation was older than max_chunk_age_s
+BEFORE_STOP = "before_stop"  # its observation was taken before the watchdog stop
 
 
 class InferenceClient(Protocol):
@@ -68,6 +84,9 @@ class ControllerConfig:
     control_hz: float = 20.0
     replan_every: int | None = None  # steps between requests; None: default_n_action_steps(H)
     deadline_s: float = 0.5  # watchdog: longest time without a fresh chunk before a safe stop
+    # A chunk whose observation is older than this when it would be used is dropped; None: the
+    # watchdog's deadline_s.
+    max_chunk_age_s: float | None = None
     stitch: StitchConfig = field(default_factory=StitchConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     retry_delay_s: float = 0.05  # after a failed request, before the next one
@@ -83,6 +102,12 @@ class ControllerConfig:
             )
         if self.replan_every is not None and self.replan_every < 1:
             raise ValueError(f"replan_every must be >= 1, got {self.replan_every}")
+        if self.max_chunk_age_s is not None and not self.max_chunk_age_s > 0:
+            raise ValueError(f"max_chunk_age_s must be > 0, got {self.max_chunk_age_s}")
+
+    @property
+    def chunk_age_limit(self) -> float:
+        return self.deadline_s if self.max_chunk_age_s is None else self.max_chunk_age_s
 
 
 @dataclass(frozen=True)
@@ -99,12 +124,22 @@ class ControllerStats:
     sources: collections.Counter[str] = field(default_factory=collections.Counter)
     requests: int = 0
     chunks: int = 0  # replies stitched into the plan
-    stale_chunks: int = 0  # replies whose every action was already in the past
+    stale_chunks: int = 0  # replies dropped as too old (reasons in stale_reasons)
+    stale_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    watchdog_stops: int = 0  # times the watchdog stopped the arm
     request_errors: int = 0
     last_error: str | None = None
     round_trip_ms: list[float] = field(default_factory=list)
     latency_steps: list[int] = field(default_factory=list)  # steps between request and use
     arrivals: list[float] = field(default_factory=list)  # clock time of each fresh chunk
+
+
+@dataclass(frozen=True)
+class _Request:
+    episode: int  # Controller._episode when it was made
+    step: int  # the control step of its observation
+    stamp: float  # when its observation was taken (controller clock)
+    observation: dict[str, Any]
 
 
 class Controller:
@@ -129,23 +164,49 @@ class Controller:
         self.stitcher = ChunkStitcher(self.config.stitch)
         self.stats = ControllerStats()
         self.ticks: collections.deque[Tick] = collections.deque(maxlen=self.config.log_ticks)
-        self.step = 0
-        self.last_fresh: float | None = None  # when the last fresh chunk arrived (clock time)
-        self._last_request_step: int | None = None
         # Shared with the worker, under _lock: the request to send, replies that came back.
         self._lock = threading.Condition()
-        self._request: tuple[int, dict[str, Any]] | None = None
+        self._episode = 0  # replies of an earlier episode (before reset()) are ignored
+        self._request: _Request | None = None
         self._in_flight = False
-        self._retry = False  # the last request failed: send the next one without waiting
-        self._arrived: list[tuple[int, np.ndarray, float]] = []  # (obs step, chunk, arrival)
+        self._arrived: list[tuple[_Request, np.ndarray, float]] = []  # (request, chunk, arrival)
         self._stopping = False
+        self._shut_down = False
+        self._start_episode()
         self._worker = threading.Thread(target=self._work, name="vla-inference-client", daemon=True)
         self._worker.start()
 
+    def _start_episode(self) -> None:
+        """Control-thread state of one episode."""
+        self.step = 0
+        self.last_fresh: float | None = None  # when the last fresh chunk arrived (clock time)
+        self.stopped_at: float | None = None  # when the watchdog stopped the arm (until fresh)
+        self._last_request_step: int | None = None
+        self._retry = False  # the last request failed: send the next one without waiting
+        self.stitcher = ChunkStitcher(self.config.stitch)
+        self.safety.reset()
+
+    def reset(self) -> None:
+        """Start a new episode: no plan, step 0, and any reply still in flight is ignored."""
+        with self._lock:
+            self._episode += 1
+            if self._request is not None:  # not picked up by the worker yet: never sent
+                self._request, self._in_flight = None, False
+            self._arrived = []
+        self._start_episode()
+        reset = getattr(self.client, "reset", None)
+        if callable(reset):
+            reset()
+
     # ------------------------------------------------------------------ control thread
-    def start(self, observation: Mapping[str, Any], timeout: float = 60.0) -> None:
-        """Request the first chunk and wait for it, so the robot starts moving on a plan."""
-        self._submit(observation)
+    def start(
+        self, observation: Mapping[str, Any], timeout: float = 60.0, stamp: float | None = None
+    ) -> None:
+        """Request the first chunk and wait for it, so the robot starts moving on a plan.
+
+        `stamp` is when the observation was taken (the controller's clock; default: now)."""
+        stamp = self.clock() if stamp is None else stamp
+        self._submit(observation, stamp)
         deadline = time.monotonic() + timeout
         with self._lock:
             while not self._arrived:
@@ -156,22 +217,33 @@ class Controller:
                         f"(last error: {self.stats.last_error})"
                     )
                 if not self._in_flight:
-                    self._submit(observation)  # the first request failed: retry
+                    self._submit(observation, stamp)  # the first request failed: retry
                 self._lock.wait(min(remaining, 0.1))
 
-    def act(self, observation: Mapping[str, Any]) -> np.ndarray:
-        """The command float64 (A,) for this control step; call once per tick. Never blocks."""
+    def act(self, observation: Mapping[str, Any], stamp: float | None = None) -> np.ndarray:
+        """The command float64 (A,) for this control step; call once per tick. Never blocks.
+
+        `stamp` is when the observation was taken, on the controller's clock (default: now);
+        pass the camera's capture time when the robot knows it."""
         now = self.clock()
+        if self._shut_down:
+            return self._record(now, STOPPED, self.safety.safe())
+        stamp = now if stamp is None else stamp
         with self._lock:
             arrived, self._arrived = self._arrived, []
             retry, self._retry = self._retry, False
-        for obs_step, chunk, arrival in arrived:
-            self.stats.latency_steps.append(self.step - obs_step)
-            if self.step - obs_step >= len(chunk):
-                # all in the past: not fresh, the watchdog keeps counting
+        for request, chunk, arrival in arrived:
+            self.stats.latency_steps.append(self.step - request.step)
+            stale = self._staleness(request, len(chunk), now)
+            if stale is not None:  # not fresh: the watchdog keeps counting
                 self.stats.stale_chunks += 1
+                self.stats.stale_reasons[stale] += 1
+                retry = retry or stale != PAST  # ask again at once, with this tick's observation
                 continue
-            self.stitcher.add(chunk, obs_step, self.step)
+            if self.stopped_at is not None:  # the first chunk after a watchdog stop
+                self.stitcher = ChunkStitcher(self.config.stitch)  # the old plan never resumes
+                self.stopped_at = None
+            self.stitcher.add(chunk, request.step, self.step)
             self.stats.chunks += 1
             self.stats.arrivals.append(arrival)
             self.last_fresh = arrival
@@ -179,25 +251,41 @@ class Controller:
             self.step - self._last_request_step >= self.replan_every
         )
         if due or retry:
-            self._submit(observation)
+            self._submit(observation, stamp)
 
         planned = self.stitcher.action(self.step)
         if self.last_fresh is None:
             source, action = WAITING, self.safety.safe()
-        elif now - self.last_fresh > self.config.deadline_s:
+        elif self.stopped_at is not None or now - self.last_fresh > self.config.deadline_s:
+            if self.stopped_at is None:
+                self.stopped_at = now
+                self.stats.watchdog_stops += 1
             source, action = DEADLINE, self.safety.safe()
         elif planned is None:
             source, action = NO_PLAN, self.safety.safe()
         else:
             action, usable = self.safety.limit(planned)
             source = PLAN if usable else UNUSABLE
+        return self._record(now, source, action)
+
+    def _record(self, now: float, source: str, action: np.ndarray) -> np.ndarray:
         self.ticks.append(Tick(self.step, now, source, action))
         self.stats.ticks += 1
         self.stats.sources[source] += 1
         self.step += 1
         return action
 
-    def _submit(self, observation: Mapping[str, Any]) -> None:
+    def _staleness(self, request: _Request, length: int, now: float) -> str | None:
+        """Why a chunk of `length` actions for `request` must not join the plan, or None."""
+        if self.stopped_at is not None and request.stamp < self.stopped_at:
+            return BEFORE_STOP
+        if now - request.stamp > self.config.chunk_age_limit:
+            return TOO_OLD
+        if self.step - request.step >= length:
+            return PAST
+        return None
+
+    def _submit(self, observation: Mapping[str, Any], stamp: float) -> None:
         """Hand the observation to the worker unless a request is already out (never blocks)."""
         with self._lock:
             if self._in_flight or self._stopping:
@@ -207,21 +295,29 @@ class Controller:
                 key: value.copy() if isinstance(value, np.ndarray) else value
                 for key, value in observation.items()
             }
-            self._request = (self.step, snapshot)
+            self._request = _Request(self._episode, self.step, stamp, snapshot)
             self._in_flight = True
             self._lock.notify_all()
         self._last_request_step = self.step
         self.stats.requests += 1
 
     def shutdown(self, timeout: float = 5.0) -> np.ndarray:
-        """Stop the worker, close the connection; returns the safe action to command last."""
+        """Stop the worker and close the connection, within `timeout` s whatever the server
+        does; returns the safe action, which the robot must command last (every later `act`
+        returns it too)."""
+        deadline = time.monotonic() + timeout
+        self._shut_down = True
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
-        self.client.close()  # unblocks a worker waiting for a reply
-        self._worker.join(timeout)
-        if self._worker.is_alive():
-            log.warning("the inference worker did not stop within %s s", timeout)
+        # Closing unblocks a worker waiting for a reply; a client blocked mid-send may block its
+        # closer too, so the close runs on a helper thread that we wait for only until the deadline.
+        closer = threading.Thread(target=self.client.close, name="vla-client-close", daemon=True)
+        closer.start()
+        for thread in (closer, self._worker):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("%s did not stop within %s s; leaving it behind", thread.name, timeout)
         return self.safety.safe()
 
     def chunks_waiting(self) -> int:
@@ -241,10 +337,9 @@ class Controller:
                     self._lock.wait()
                 if self._stopping:
                     return
-                obs_step, observation = self._request
-                self._request = None
+                request, self._request = self._request, None
             try:
-                reply = self.client.infer(observation)
+                reply = self.client.infer(request.observation)
                 chunk = np.asarray(reply["actions"], dtype=np.float64)
                 if chunk.ndim != 2 or chunk.shape[1] != self.action_dim or len(chunk) == 0:
                     raise ValueError(f"the server sent actions of shape {chunk.shape}")
@@ -262,7 +357,8 @@ class Controller:
                 continue
             arrival = self.clock()
             with self._lock:
-                self._arrived.append((obs_step, chunk, arrival))
+                if request.episode == self._episode:  # else: an earlier episode's reply
+                    self._arrived.append((request, chunk, arrival))
                 self._in_flight = False
                 timing = reply.get("client_timing", {})
                 if "round_trip_ms" in timing:
