@@ -18,11 +18,21 @@ STAT_COLUMNS = ("mean", "std", "min", "max", "q01", "q50", "q99")
 CHANNEL_NAMES = ("r", "g", "b")  # a camera's statistics are per channel, in [0, 1]
 
 
-def info(path: Path, decode: bool, console: Console) -> int:
-    """Print what a dataset holds and check it; returns the process exit code."""
+def info(path: Path, decode: bool, console: Console, full: bool = False) -> int:
+    """Print what a dataset holds and check it (`LeRobotDatasetReader.validate`: quick, or with
+    `full` every frame of every camera decoded); returns the process exit code."""
+    from rich.progress import Progress
+
     try:
         reader = LeRobotDatasetReader(path)
-        reader.validate(decode=decode)
+        with Progress(console=console, transient=True, disable=not (decode or full)) as progress:
+            frames = progress.add_task(
+                "decoding every frame" if full else "decoding",
+                total=reader.num_frames * len(reader.visual_keys),
+            )
+            reader.validate(
+                decode=decode, full=full, progress=lambda n: progress.advance(frames, n)
+            )
     except DatasetError as error:
         console.print(f"[bold red]invalid dataset[/]: {error}")
         return 1
@@ -79,9 +89,15 @@ def info(path: Path, decode: bool, console: Console) -> int:
             f"no statistics for {unsummarized}: meta/episodes lacks their per-episode stats "
             "(written by an older writer)"
         )
-    console.print(
-        "[green]valid[/]" + (" (all media decoded)" if decode else " (media not decoded)")
-    )
+    if full:
+        checked = " (every frame of every camera decoded)"
+    elif decode:
+        checked = (
+            " (first image of every episode and every video decoded; --full decodes every frame)"
+        )
+    else:
+        checked = " (media not decoded)"
+    console.print("[green]valid[/]" + checked)
     return 0
 
 
@@ -110,10 +126,17 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     """The dataset commands; `sim.cli` adds the simulator's (generate) to the same program."""
     info_parser = commands.add_parser("info", help="summarize and validate a dataset")
     info_parser.add_argument("path", type=Path, help="dataset directory (holds meta/info.json)")
-    info_parser.add_argument(
+    decoding = info_parser.add_mutually_exclusive_group()
+    decoding.add_argument(
         "--no-decode",
         action="store_true",
         help="skip decoding images/videos (faster, less thorough)",
+    )
+    decoding.add_argument(
+        "--full",
+        action="store_true",
+        help="decode every frame of every camera, not only the first image of each episode "
+        "(slow; names the episode and frame of the first bad one)",
     )
 
     stats_parser = commands.add_parser(
@@ -169,7 +192,7 @@ def build_parser(
 
 def run_data_command(args: argparse.Namespace, console: Console) -> int:
     if args.command == "info":
-        return info(args.path, decode=not args.no_decode, console=console)
+        return info(args.path, decode=not args.no_decode, console=console, full=args.full)
     if args.command == "stats":
         return rebuild(args.path, console)
     if args.command == "import-libero":

@@ -86,7 +86,15 @@ class Feature:
             raise ValueError(
                 f"{source}: feature {key!r} must be an object with 'dtype' and 'shape', got {spec!r}"
             )
-        shape = tuple(int(d) for d in spec["shape"])
+        raw_shape = spec["shape"]
+        if not isinstance(raw_shape, list | tuple) or not all(
+            isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in raw_shape
+        ):
+            raise ValueError(
+                f"{source}: feature {key!r} has shape {raw_shape!r}; expected a list of "
+                "non-negative integers, e.g. [8] or [256, 256, 3]"
+            )
+        shape = tuple(raw_shape)
         dtype = spec["dtype"]
         if dtype in VISUAL_DTYPES and len(shape) == 3 and shape[0] == 3 and shape[2] != 3:
             # Some LeRobot datasets record (channels, height, width); frames are stored HWC anyway.

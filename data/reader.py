@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +27,9 @@ from data.features import INDEX_FEATURES, Feature
 from data.stats import aggregate_stats, compute_stats, episode_stats_from_row
 
 SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
+# Index columns every data file must hold; `timestamp` is optional (old v2 ports lack it).
+REQUIRED_INDEX_COLUMNS = ("index", "episode_index", "frame_index", "task_index")
+PANDAS_INDEX_PREFIX = "__index_level_"  # a pandas index saved along, not a frame column
 
 
 class DatasetError(ValueError):
@@ -56,8 +61,13 @@ class LeRobotDatasetReader:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: no such dataset directory")
-        info_path = self.root / layout.INFO_PATH
+        info_path = self.info_path = self.root / layout.INFO_PATH
         self.info = _read_json(info_path)
+        if not isinstance(self.info, dict):
+            raise DatasetError(
+                f"{info_path}: expected a JSON object of dataset metadata, "
+                f"got {type(self.info).__name__}"
+            )
         for key in (
             "codebase_version",
             "fps",
@@ -74,7 +84,14 @@ class LeRobotDatasetReader:
                 f"{info_path}: codebase_version {self.version!r} is not supported "
                 f"(expected one of {', '.join(SUPPORTED_VERSIONS)})"
             )
-        self.fps = int(self.info["fps"])
+        self.fps = self._info_integer("fps", minimum=1, meaning="frames per second")
+        self._total_episodes = self._info_integer("total_episodes", minimum=0)
+        self._total_frames = self._info_integer("total_frames", minimum=0)
+        self._chunks_size = (
+            self._info_integer("chunks_size", minimum=1, meaning="files per chunk directory")
+            if self.info.get("chunks_size") is not None
+            else layout.CHUNKS_SIZE
+        )
         self.features = self._parse_features(info_path)
         if self.version == "v3.0":
             self.tasks, self.episodes = self._load_v3_meta()
@@ -83,18 +100,60 @@ class LeRobotDatasetReader:
         self._check_episode_index_ranges()
 
     # ------------------------------------------------------------------ metadata
+    def _info_integer(self, key: str, minimum: int, meaning: str = "") -> int:
+        """info.json's `key` as an int, or a DatasetError that says what was expected."""
+        value = self.info[key]
+        number = int(value) if isinstance(value, float) and value.is_integer() else value
+        if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
+            expected = {0: "a non-negative integer", 1: "a positive integer"}.get(
+                minimum, f"an integer >= {minimum}"
+            )
+            raise DatasetError(
+                f"{self.info_path}: {key} is {value!r}; expected {expected}"
+                + (f" ({meaning})" if meaning else "")
+            )
+        return number
+
+    def _path_from_template(self, key: str, **fields: Any) -> Path:
+        """The file that info.json's path template `key` names for `fields`; it must lie inside
+        the dataset root, so metadata cannot make the reader open files elsewhere.
+
+        Checked on the normalized path ('..' folded), not by resolving symlinks: the Hugging
+        Face hub cache keeps every file of a dataset as a symlink into a blobs directory outside
+        the snapshot, and such datasets must still open."""
+        template = self.info.get(key)
+        placeholders = ", ".join(f"{{{name}}}" for name in fields)
+        if not isinstance(template, str):
+            raise DatasetError(
+                f"{self.info_path}: {key} is {template!r}; expected a path template "
+                f"(a string with the placeholders {placeholders})"
+            )
+        try:
+            relative = template.format(**fields)
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as error:
+            raise DatasetError(
+                f"{self.info_path}: {key} is {template!r}; expected a path template with the "
+                f"placeholders {placeholders} ({type(error).__name__}: {error})"
+            ) from None
+        normalized = os.path.normpath(relative)
+        if os.path.isabs(normalized) or normalized.split(os.sep)[0] == os.pardir:
+            raise DatasetError(
+                f"{self.info_path}: {key} {template!r} gives {relative!r}, which is outside the "
+                f"dataset root {self.root}; expected a path relative to the root, without '..'"
+            )
+        return self.root / normalized
+
     def _parse_features(self, info_path: Path) -> dict[str, Feature]:
         raw = self.info["features"]
         if not isinstance(raw, dict):
             raise DatasetError(f"{info_path}: 'features' must be an object")
         try:
-            return {
-                key: Feature.from_json(key, spec, str(info_path))
-                for key, spec in raw.items()
-                if key not in INDEX_FEATURES
+            features = {
+                key: Feature.from_json(key, spec, str(info_path)) for key, spec in raw.items()
             }
         except ValueError as error:
             raise DatasetError(str(error)) from None
+        return {key: feature for key, feature in features.items() if key not in INDEX_FEATURES}
 
     @property
     def num_episodes(self) -> int:
@@ -102,7 +161,7 @@ class LeRobotDatasetReader:
 
     @property
     def num_frames(self) -> int:
-        return int(self.info["total_frames"])
+        return self._total_frames
 
     @property
     def visual_keys(self) -> list[str]:
@@ -117,7 +176,7 @@ class LeRobotDatasetReader:
         return self._episodes_table
 
     def _load_v3_meta(self) -> tuple[list[str], list[Episode]]:
-        total_episodes = int(self.info["total_episodes"])
+        total_episodes = self._total_episodes
         tasks_path = self.root / layout.TASKS_PATH
         tasks_table = _read_parquet(tasks_path)
         task_text_column = "task" if "task" in tasks_table.column_names else "__index_level_0__"
@@ -155,36 +214,37 @@ class LeRobotDatasetReader:
                 f"meta/episodes lists {table.num_rows}"
             )
         video_keys = [key for key, feature in self.features.items() if feature.dtype == "video"]
+        source = self.root / "meta" / "episodes"
         episodes = []
         for row in table.to_pylist():
             videos = {}
             for key in video_keys:
                 prefix = f"videos/{key}/"
-                if prefix + "chunk_index" not in row:
-                    raise DatasetError(
-                        f"{episode_files[0]}: missing column {prefix + 'chunk_index'!r}"
-                    )
+                for name in ("chunk_index", "file_index", "from_timestamp", "to_timestamp"):
+                    if prefix + name not in row:
+                        raise DatasetError(f"{episode_files[0]}: missing column {prefix + name!r}")
                 videos[key] = VideoSegment(
-                    path=self.root
-                    / self.info["video_path"].format(
+                    path=self._path_from_template(
+                        "video_path",
                         video_key=key,
-                        chunk_index=row[prefix + "chunk_index"],
-                        file_index=row[prefix + "file_index"],
+                        chunk_index=_episode_integer(row, prefix + "chunk_index", source),
+                        file_index=_episode_integer(row, prefix + "file_index", source),
                     ),
-                    from_timestamp=float(row[prefix + "from_timestamp"]),
-                    to_timestamp=float(row[prefix + "to_timestamp"]),
+                    from_timestamp=_episode_seconds(row, prefix + "from_timestamp", source),
+                    to_timestamp=_episode_seconds(row, prefix + "to_timestamp", source),
                 )
             episodes.append(
                 Episode(
-                    index=int(row["episode_index"]),
-                    length=int(row["length"]),
-                    tasks=tuple(row["tasks"]),
-                    data_path=self.root
-                    / self.info["data_path"].format(
-                        chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
+                    index=_episode_integer(row, "episode_index", source),
+                    length=_episode_integer(row, "length", source),
+                    tasks=tuple(row["tasks"] or ()),
+                    data_path=self._path_from_template(
+                        "data_path",
+                        chunk_index=_episode_integer(row, "data/chunk_index", source),
+                        file_index=_episode_integer(row, "data/file_index", source),
                     ),
-                    from_index=int(row["dataset_from_index"]),
-                    to_index=int(row["dataset_to_index"]),
+                    from_index=_episode_integer(row, "dataset_from_index", source),
+                    to_index=_episode_integer(row, "dataset_to_index", source),
                     videos=videos,
                 )
             )
@@ -199,17 +259,16 @@ class LeRobotDatasetReader:
             _read_jsonl(episodes_path, required=("episode_index", "length")),
             key=lambda row: row["episode_index"],
         )
-        chunks_size = int(self.info.get("chunks_size", layout.CHUNKS_SIZE))
         video_keys = [key for key, feature in self.features.items() if feature.dtype == "video"]
         episodes, start = [], 0
         for row in rows:
-            index, length = int(row["episode_index"]), int(row["length"])
-            chunk = index // chunks_size
+            index = _episode_integer(row, "episode_index", episodes_path)
+            length = _episode_integer(row, "length", episodes_path)
+            chunk = index // self._chunks_size
             videos = {
                 key: VideoSegment(
-                    self.root
-                    / self.info["video_path"].format(
-                        episode_chunk=chunk, video_key=key, episode_index=index
+                    self._path_from_template(
+                        "video_path", episode_chunk=chunk, video_key=key, episode_index=index
                     ),
                     0.0,
                     length / self.fps,
@@ -221,8 +280,9 @@ class LeRobotDatasetReader:
                     index=index,
                     length=length,
                     tasks=tuple(row.get("tasks", ())),
-                    data_path=self.root
-                    / self.info["data_path"].format(episode_chunk=chunk, episode_index=index),
+                    data_path=self._path_from_template(
+                        "data_path", episode_chunk=chunk, episode_index=index
+                    ),
                     from_index=start,
                     to_index=start + length,
                     videos=videos,
@@ -230,7 +290,7 @@ class LeRobotDatasetReader:
             )
             start += length
         self._episodes_table = pa.Table.from_pylist(rows) if rows else pa.table({})
-        if len(episodes) != int(self.info["total_episodes"]):
+        if len(episodes) != self._total_episodes:
             raise DatasetError(
                 f"{self.root / layout.INFO_PATH}: total_episodes is {self.info['total_episodes']} "
                 f"but {episodes_path} lists {len(episodes)}"
@@ -281,17 +341,43 @@ class LeRobotDatasetReader:
         return table
 
     def _read_data_file(self, path: Path) -> pa.Table:
+        """One data file's committed rows, after checking every column against info.json: each
+        stored feature has its column, each column a feature (or is an index column), of the
+        declared dtype and shape."""
         table = _read_parquet(path, memory_map=True)
-        expected = [key for key, feature in self.features.items() if feature.dtype != "video"]
-        for key in [*expected, "index", "episode_index", "frame_index", "task_index"]:
+        stored = [key for key, feature in self.features.items() if feature.dtype != "video"]
+        declared_index = [key for key in INDEX_FEATURES if key in self.info["features"]]
+        for key in dict.fromkeys([*stored, *REQUIRED_INDEX_COLUMNS, *declared_index]):
             if key not in table.column_names:
-                raise DatasetError(
-                    f"{path}: missing column {key!r} (declared in {layout.INFO_PATH})"
+                where = (
+                    f"declared in {layout.INFO_PATH}"
+                    if key in self.info["features"]
+                    else "every LeRobot data file has it"
                 )
-        for key in expected:
-            _check_column_type(path, key, self.features[key], table.schema.field(key).type)
+                raise DatasetError(f"{path}: missing column {key!r} ({where})")
+        for key in table.column_names:
+            arrow_type = table.schema.field(key).type
+            if key in INDEX_FEATURES:
+                _check_index_column_type(path, key, arrow_type)
+            elif key.startswith(PANDAS_INDEX_PREFIX):
+                continue
+            elif key not in self.features:
+                raise DatasetError(
+                    f"{path}: column {key!r} is not declared in {self.info_path} features; "
+                    "declare it there or drop the column"
+                )
+            elif self.features[key].dtype == "video":
+                raise DatasetError(
+                    f"{path}: column {key!r} is declared as a video feature in {self.info_path} "
+                    "(frames in mp4 files), but the data file holds a column of that name"
+                )
+            else:
+                _check_column_type(path, key, self.features[key], arrow_type)
         # Rows at or past total_frames were written by an interrupted writer and never committed.
-        return table.filter(pc.less(table["index"], self.num_frames))
+        table = table.filter(pc.less(table["index"], self.num_frames))
+        for key in stored:
+            _check_column_values(path, key, self.features[key], table[key])
+        return table
 
     def numeric_columns(self) -> dict[str, np.ndarray]:
         """Every numeric feature as a (N, *shape) array, read straight from parquet."""
@@ -316,13 +402,39 @@ class LeRobotDatasetReader:
         """Decode one stored image (parquet image feature) as uint8 (H, W, 3)."""
         return decode_image(self.table[key][row]["bytes"].as_py())
 
-    def episode_frames(self, key: str, episode: Episode) -> np.ndarray:
-        """All frames of camera `key` in one episode, (T, H, W, 3) uint8, PNG or video."""
-        if self.features[key].dtype == "video":
+    def episode_frames(self, key: str, episode: Episode, count: int | None = None) -> np.ndarray:
+        """All frames of camera `key` in one episode, (T, H, W, 3) uint8, PNG or video; each is
+        checked against the declared shape, and a bad one is named by episode and frame.
+
+        `count` decodes only the first `count` PNG frames (video is decoded whole)."""
+        feature = self.features[key]
+        if feature.dtype == "video":
             return self.episode_video(key, episode)
-        return np.stack(
-            [self.image(key, row) for row in range(episode.from_index, episode.to_index)]
-        )
+        count = episode.length if count is None else min(count, episode.length)
+        encoded = pc.struct_field(self.table[key].slice(episode.from_index, count), "bytes")
+        frames = [
+            self._decode_frame(key, episode, frame, data)
+            for frame, data in enumerate(encoded.to_pylist())
+        ]
+        return np.stack(frames) if frames else np.empty((0, *feature.shape), np.uint8)
+
+    def _decode_frame(
+        self, key: str, episode: Episode, frame: int, encoded: bytes | None
+    ) -> np.ndarray:
+        try:
+            image = decode_image(encoded)
+        except Exception as error:  # noqa: BLE001 - PIL raises many types
+            raise DatasetError(
+                f"{episode.data_path}: cannot decode {key!r} of episode {episode.index} frame "
+                f"{frame} (dataset row {episode.from_index + frame}): {error}"
+            ) from error
+        declared = self.features[key].shape
+        if image.shape != declared:
+            raise DatasetError(
+                f"{episode.data_path}: {key!r} of episode {episode.index} frame {frame} is "
+                f"{image.shape}, declared {declared} in {layout.INFO_PATH}"
+            )
+        return image
 
     def episode_video(self, key: str, episode: Episode) -> np.ndarray:
         """Decode one episode of a video feature as uint8 (T, H, W, 3)."""
@@ -343,6 +455,12 @@ class LeRobotDatasetReader:
             raise DatasetError(
                 f"{segment.path}: {key!r} has {len(frames)} frames for episode {episode.index}, "
                 f"expected {episode.length}"
+            )
+        declared = self.features[key].shape
+        if frames.shape[1:] != declared:
+            raise DatasetError(
+                f"{segment.path}: {key!r} frames of episode {episode.index} are "
+                f"{frames.shape[1:]}, declared {declared} in {layout.INFO_PATH}"
             )
         return frames
 
@@ -393,11 +511,21 @@ class LeRobotDatasetReader:
                     ) from None
         return aggregated
 
-    def validate(self, decode: bool = True) -> None:
-        """Full check: every file readable, columns typed as declared, values finite, ids coherent.
+    def validate(
+        self,
+        decode: bool = True,
+        full: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Check the dataset against its metadata: every data file readable, every column declared
+        and typed and shaped as info.json says (and every stored feature present), values finite,
+        episode/frame/task indices coherent.
 
-        With `decode`, also decodes the first image of every episode and every video, which catches
-        truncated or corrupted media.
+        With `decode` (the quick check), also decodes the first image of every episode and every
+        episode's video, which catches truncated or corrupted files. `full` decodes every image
+        of every camera as well, so a bad frame in the middle of an episode is found and named
+        by episode and frame; it implies `decode`. `progress(n)` is called after each episode of
+        each camera with its frame count.
         """
         table = self.table
         task_index = table["task_index"].to_numpy()
@@ -425,23 +553,13 @@ class LeRobotDatasetReader:
                 raise DatasetError(
                     f"{self.episode_of_row(bad_row).data_path}: {key!r} holds NaN/Inf at row {bad_row}"
                 )
-        if not decode:
+        if not (decode or full):
             return
         for episode in self.episodes:
-            for key, feature in self.features.items():
-                if feature.dtype == "image":
-                    try:
-                        image = self.image(key, episode.from_index)
-                    except Exception as error:  # noqa: BLE001 - PIL raises many types
-                        raise DatasetError(
-                            f"{episode.data_path}: cannot decode {key!r} of episode {episode.index}: {error}"
-                        ) from error
-                    if image.shape != feature.shape:
-                        raise DatasetError(
-                            f"{episode.data_path}: {key!r} images are {image.shape}, declared {feature.shape}"
-                        )
-                elif feature.dtype == "video":
-                    self.episode_video(key, episode)
+            for key in self.visual_keys:
+                self.episode_frames(key, episode, count=None if full else 1)
+                if progress is not None:
+                    progress(episode.length)
 
     def episode_of_row(self, row: int) -> Episode:
         starts = [episode.from_index for episode in self.episodes]
@@ -468,6 +586,44 @@ def decode_image(encoded: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def _is_list(arrow_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(arrow_type)
+        or pa.types.is_fixed_size_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+    )
+
+
+def _check_index_column_type(path: Path, key: str, arrow_type: pa.DataType) -> None:
+    floating = INDEX_FEATURES[key]["dtype"].startswith("float")
+    ok = pa.types.is_floating(arrow_type) if floating else pa.types.is_integer(arrow_type)
+    if not ok:
+        expected = "floats" if floating else "integers"
+        raise DatasetError(f"{path}: column {key!r} has type {arrow_type}, expected {expected}")
+
+
+def _check_column_values(path: Path, key: str, feature: Feature, column: pa.ChunkedArray) -> None:
+    """What the type cannot say: no nulls in numeric columns, and variable-length lists (v2
+    files) all as long as the declared shape."""
+    if not feature.is_numeric:
+        return
+    if column.null_count:
+        raise DatasetError(
+            f"{path}: column {key!r} has {column.null_count} null values; expected "
+            f"{feature.dtype} {list(feature.shape)} in every row"
+        )
+    if not (_is_list(column.type) and not pa.types.is_fixed_size_list(column.type)):
+        return
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(lengths != feature.size)
+    if len(wrong):
+        row = int(wrong[0])
+        raise DatasetError(
+            f"{path}: column {key!r} holds lists of {lengths[row]} values (file row {row}), "
+            f"expected {feature.size} for shape {list(feature.shape)} declared in {layout.INFO_PATH}"
+        )
+
+
 def _check_column_type(path: Path, key: str, feature: Feature, arrow_type: pa.DataType) -> None:
     if feature.dtype == "image":
         ok = pa.types.is_struct(arrow_type) and arrow_type.get_field_index("bytes") >= 0
@@ -487,17 +643,40 @@ def _check_column_type(path: Path, key: str, feature: Feature, arrow_type: pa.Da
         )
         expected = f"{feature.dtype} scalars"
     else:
-        is_list = (
-            pa.types.is_list(arrow_type)
-            or pa.types.is_fixed_size_list(arrow_type)
-            or pa.types.is_large_list(arrow_type)
-        )
-        ok = is_list and (
+        ok = _is_list(arrow_type) and (
             not pa.types.is_fixed_size_list(arrow_type) or arrow_type.list_size == feature.size
         )
         expected = f"lists of {feature.size} {feature.dtype}"
     if not ok:
         raise DatasetError(f"{path}: column {key!r} has type {arrow_type}, expected {expected}")
+    if feature.is_numeric:
+        values = arrow_type.value_type if _is_list(arrow_type) else arrow_type
+        if values != pa.from_numpy_dtype(np.dtype(feature.dtype)):
+            raise DatasetError(
+                f"{path}: column {key!r} holds {values} values, but {layout.INFO_PATH} declares "
+                f"{feature.dtype}"
+            )
+
+
+def _episode_integer(row: dict[str, Any], column: str, source: Path) -> int:
+    """An index or count of an episode's metadata row; `source` names the file in errors."""
+    value = row.get(column)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DatasetError(
+            f"{source}: episode {row.get('episode_index')!r} has {column} {value!r}; "
+            "expected a non-negative integer"
+        )
+    return value
+
+
+def _episode_seconds(row: dict[str, Any], column: str, source: Path) -> float:
+    value = row.get(column)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise DatasetError(
+            f"{source}: episode {row.get('episode_index')!r} has {column} {value!r}; "
+            "expected a time in seconds"
+        )
+    return float(value)
 
 
 def _read_json(path: Path) -> Any:

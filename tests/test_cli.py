@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import set_image_bytes
 
 
 def vla_data(*args: str) -> subprocess.CompletedProcess[str]:
@@ -35,7 +36,7 @@ def test_info_prints_a_correct_summary(write_dataset) -> None:
     for key in ("observation.images.agentview", "observation.state", "reasoning.gripper_px"):
         assert key in out
     assert re.search(r"observation\.state\s+│\s+float32\s+│\s+\(8,\)", out)
-    assert "valid (all media decoded)" in out
+    assert "valid (first image of every episode and every video decoded" in out
     actions = np.concatenate([np.stack(episode["action"]) for episode in episodes]).astype(
         np.float64
     )
@@ -66,7 +67,23 @@ def test_info_on_a_broken_dataset_names_the_file(write_dataset) -> None:
     assert "file-000.parquet" in result.stdout.replace("\n", "")
 
 
-@pytest.mark.parametrize("args", [("info",), ("nonsense",)])
+def test_info_full_finds_a_bad_frame_the_quick_check_skips(write_dataset) -> None:
+    root, _ = write_dataset(lengths=(4, 8))
+    set_image_bytes(root, "observation.images.agentview", 4 + 5, b"\x89PNG garbage")
+    quick = vla_data("info", str(root))
+    assert quick.returncode == 0, quick.stdout + quick.stderr  # frame 0 of each episode is fine
+    assert "--full decodes every frame" in quick.stdout
+    full = vla_data("info", str(root), "--full")
+    assert full.returncode == 1, full.stdout + full.stderr
+    message = full.stdout.replace("\n", "")
+    assert "invalid dataset" in message and "file-000.parquet" in message
+    assert "cannot decode 'observation.images.agentview' of episode 1 frame 5" in message
+    root, _ = write_dataset(lengths=(4, 8), name="clean")
+    clean = vla_data("info", str(root), "--full")
+    assert clean.returncode == 0 and "valid (every frame of every camera decoded)" in clean.stdout
+
+
+@pytest.mark.parametrize("args", [("info",), ("nonsense",), ("info", "x", "--full", "--no-decode")])
 def test_bad_usage_exits_with_usage_error(args: tuple[str, ...]) -> None:
     result = vla_data(*args)
     assert result.returncode == 2 and "usage: vla-data" in result.stderr

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_episode
+from conftest import make_episode, set_image_bytes
 from PIL import Image
 
 from data import layout
@@ -191,7 +191,7 @@ def test_sigkill_during_generation_is_resumable(tmp_path: Path) -> None:
         f"""
         import sys
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
-        from conftest import make_episode
+        from conftest import make_episode, set_image_bytes
         from data.features import default_features
         from data.writer import LeRobotDatasetWriter
         writer = LeRobotDatasetWriter({str(root)!r}, features=default_features(image_size=(48, 48)), fps=20)
@@ -477,3 +477,140 @@ def test_truncated_video_is_reported(write_dataset) -> None:
         DatasetError, match=r"file-000\.mp4: cannot decode video for 'observation.images.wrist'"
     ):
         LeRobotDatasetReader(root).validate()
+
+
+# ---------------------------------------------------------------------- columns against info.json
+def edit_info(root: Path, edit) -> None:
+    """Rewrite meta/info.json through `edit(info)`, as a hand edit or a broken tool would."""
+    info = json.loads((root / "meta/info.json").read_text())
+    edit(info)
+    (root / "meta/info.json").write_text(json.dumps(info))
+
+
+def test_column_without_a_declared_feature_names_file_and_key(write_dataset) -> None:
+    root, _ = write_dataset(lengths=(4, 3))
+    edit_info(root, lambda info: info["features"].pop("reasoning.plan"))
+    with pytest.raises(
+        DatasetError,
+        match=r"file-000\.parquet: column 'reasoning.plan' is not declared in .*info\.json",
+    ):
+        LeRobotDatasetReader(root).validate(decode=False)
+
+
+def test_declared_dtype_mismatch_names_file_and_key(write_dataset) -> None:
+    root, _ = write_dataset(lengths=(4,))
+    edit_info(root, lambda info: info["features"]["action"].update(dtype="float64"))
+    with pytest.raises(
+        DatasetError, match=r"file-000\.parquet: column 'action' holds float values.*float64"
+    ):
+        LeRobotDatasetReader(root).validate(decode=False)
+
+
+def test_variable_length_lists_of_the_wrong_size_name_file_and_key(tmp_path: Path) -> None:
+    episodes = [make_episode(3, 0, reasoning=False)]
+    write_v21(tmp_path / "v21", episodes)
+    edit_info(tmp_path / "v21", lambda info: info["features"]["action"].update(shape=[6]))
+    with pytest.raises(
+        DatasetError, match=r"episode_000000\.parquet: column 'action' holds lists of 7 values"
+    ):
+        LeRobotDatasetReader(tmp_path / "v21").validate(decode=False)
+
+
+@pytest.mark.parametrize(
+    ("encoded", "error"),
+    [
+        (b"\x89PNG garbage", r"cannot decode 'observation.images.wrist' of episode 1 frame 5"),
+        (
+            png_bytes(np.zeros((16, 32, 3), np.uint8)),
+            r"'observation.images.wrist' of episode 1 frame 5 is \(16, 32, 3\), declared "
+            r"\(32, 32, 3\)",
+        ),
+    ],
+    ids=["garbage", "wrong size"],
+)
+def test_bad_image_mid_episode_is_found_by_the_full_check_only(
+    write_dataset, encoded: bytes, error: str
+) -> None:
+    root, _ = write_dataset(lengths=(4, 8))
+    set_image_bytes(root, "observation.images.wrist", 4 + 5, encoded)  # episode 1, frame 5
+    LeRobotDatasetReader(root).validate()  # the quick check decodes frame 0 of each episode only
+    with pytest.raises(DatasetError, match=rf"file-000\.parquet: {error}"):
+        LeRobotDatasetReader(root).validate(full=True)
+
+
+def test_full_check_decodes_every_frame_and_reports_progress(write_dataset) -> None:
+    root, _ = write_dataset(lengths=(4, 8))
+    decoded: list[int] = []
+    LeRobotDatasetReader(root).validate(full=True, progress=decoded.append)
+    assert decoded == [4, 4, 8, 8]  # frames per episode, for each of the two cameras
+
+
+# ---------------------------------------------------------------------- info.json values
+@pytest.mark.parametrize("key", ["data_path", "video_path"])
+@pytest.mark.parametrize("prefix", ["../outside/", "/absolute/"])
+def test_paths_outside_the_dataset_root_are_refused(
+    write_dataset, tmp_path: Path, key: str, prefix: str
+) -> None:
+    root, _ = write_dataset(lengths=(3,), video=key == "video_path")
+    info = json.loads((root / "meta/info.json").read_text())
+    template = info[key]
+    # the files exist where the template points, so only the check can refuse them
+    if prefix.startswith("/"):
+        prefix = f"{tmp_path}/outside/"
+    relative = template.split("/", 1)[1]
+    for source in (root / template.split("/")[0]).rglob("*"):
+        if not source.is_file():
+            continue
+        target = tmp_path / "outside" / source.relative_to(root / template.split("/")[0])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+    edit_info(root, lambda info: info.update({key: prefix + relative}))
+    with pytest.raises(DatasetError, match=rf"info\.json: {key} .* outside the dataset root"):
+        LeRobotDatasetReader(root).validate()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("fps", "twenty", "a positive integer"),
+        ("fps", 0, "a positive integer"),
+        ("fps", True, "a positive integer"),
+        ("total_episodes", -1, "a non-negative integer"),
+        ("total_frames", "8", "a non-negative integer"),
+        ("chunks_size", 0, "a positive integer"),
+        ("data_path", 3, "a path template"),
+        ("data_path", "data/{chunk:03d}.parquet", "a path template"),
+    ],
+)
+def test_bad_info_values_name_the_file_the_key_and_what_was_expected(
+    write_dataset, key: str, value: object, expected: str
+) -> None:
+    root, _ = write_dataset(lengths=(4, 4))
+    edit_info(root, lambda info: info.update({key: value}))
+    with pytest.raises(DatasetError, match=rf"info\.json: {key} is .*expected {expected}"):
+        LeRobotDatasetReader(root).validate(decode=False)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"dtype": "float32", "shape": ["seven"]}, "shape"),
+        ({"dtype": "float32", "shape": None}, "shape"),
+        ({"dtype": "float32", "shape": 7}, "shape"),
+        ({"dtype": 5, "shape": [7]}, "dtype"),
+    ],
+)
+def test_bad_feature_specs_name_the_file_and_the_key(
+    write_dataset, spec: dict, expected: str
+) -> None:
+    root, _ = write_dataset(lengths=(4,))
+    edit_info(root, lambda info: info["features"].update(action=spec))
+    with pytest.raises(DatasetError, match=rf"info\.json: feature 'action'.*{expected}"):
+        LeRobotDatasetReader(root)
+
+
+def test_info_that_is_not_an_object_is_reported(write_dataset) -> None:
+    root, _ = write_dataset(lengths=(4,))
+    (root / "meta/info.json").write_text("[1, 2]")
+    with pytest.raises(DatasetError, match=r"info\.json: expected a JSON object"):
+        LeRobotDatasetReader(root)
