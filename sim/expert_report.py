@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim.env import NUM_INIT_STATES
+from sim.parent_watch import ParentWatch
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,12 @@ def main() -> None:
     jobs = [(suite, task) for suite in args.suite for task in suite_tasks(suite)]
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=args.workers,
+        mp_context=context,
+        initializer=ParentWatch.start,  # workers end with this process (sim/parent_watch.py)
+        initargs=(ParentWatch.here(context.get_start_method()),),
+    ) as pool:
         futures = [pool.submit(evaluate_expert, suite, task, args.episodes) for suite, task in jobs]
         results = []
         for future in futures:

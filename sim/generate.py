@@ -44,6 +44,7 @@ from data.schema import (
     image_key,
 )
 from data.writer import LeRobotDatasetWriter
+from sim.parent_watch import ParentWatch
 
 SEED_STRIDE = 1_000_003
 GENERATION_PATH = "meta/generation.json"
@@ -143,7 +144,10 @@ def run_expert_episode(job: EpisodeJob) -> ExpertEpisode:
     return ExpertEpisode(job.task, job.seed, True, length, columns)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: ParentWatch) -> None:
+    # A pool worker waits on a queue whose pipe its own copy keeps open, so it would never see
+    # a killed parent go: it watches the parent instead.
+    parent.start()
     os.environ.setdefault("MUJOCO_GL", "egl")
 
 
@@ -254,7 +258,10 @@ def generate_dataset(
     with (
         Progress(*columns, disable=not progress) as bar,
         ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_worker_init
+            max_workers=workers,
+            mp_context=context,
+            initializer=_worker_init,
+            initargs=(ParentWatch.here(context.get_start_method()),),
         ) as pool,
     ):
         total = len(tasks) * config.episodes_per_task

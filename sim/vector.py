@@ -5,6 +5,8 @@ process, and an evaluation of hundreds of episodes must survive that. Every fail
 (an exception, a dead process, a step that exceeds `step_timeout`) is returned as an `EnvResult`
 with `crashed=True`, counted in `crash_count`/`crash_log`, and the worker is replaced by a fresh
 one built from the same `env_fn`. Nothing is dropped silently and nothing is fatal to the parent.
+The reverse holds too: workers end when the parent dies, even by SIGKILL and even mid-step
+(`sim.parent_watch`).
 
 The API is explicit and never auto-resets, because evaluation owns the episodes (which init
 state, when an episode ends, which envs need a new action chunk)::
@@ -44,6 +46,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from sim.parent_watch import ParentWatch
 
 __all__ = ["EnvCrashedError", "EnvResult", "SubprocVectorEnv", "make_vector_env"]
 
@@ -138,8 +142,10 @@ def _close_env(env: gym.Env | None) -> None:
         logger.exception("env.close() failed in worker")
 
 
-def _worker_main(conn: Connection, env_fn: EnvFn) -> None:
+def _worker_main(conn: Connection, env_fn: EnvFn, parent: ParentWatch) -> None:
     """Serve reset/step/call/close requests; exactly one reply per request."""
+    # A closed pipe ends an idle worker; this also ends one that is busy when the parent dies.
+    parent.start()
     # Ctrl-C goes to the whole process group: let the parent decide, and close us cleanly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     env: gym.Env | None = None
@@ -355,9 +361,9 @@ class SubprocVectorEnv:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=_worker_main,
-            args=(child_conn, self._env_fns[index]),
+            args=(child_conn, self._env_fns[index], ParentWatch.here(self._ctx.get_start_method())),
             name=f"SubprocVectorEnv-{index}",
-            daemon=True,  # never outlive the parent, even if close() is skipped
+            daemon=True,  # ended at the parent's exit if close() is skipped; ParentWatch if killed
         )
         process.start()
         # Only the child may hold its end, so that its death reads as EOF here.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,6 +114,46 @@ def set_image_bytes(root: Path, key: str, row: int, encoded: bytes) -> None:
     column = table.schema.get_field_index(key)
     table = table.set_column(column, key, pa.array(images, table.schema.field(column).type))
     pq.write_table(table, path)
+
+
+# ================================================================================ worker processes
+def child_pids(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (read from Linux's /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # the name may hold spaces
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (dead, not yet reaped) counts as gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_until_gone(pids: list[int], timeout: float = 20.0) -> list[int]:
+    """Poll until every process in `pids` has ended or `timeout` passed; returns the survivors
+    (a generous bound for processes that should end at once, not a timing threshold)."""
+    deadline = time.monotonic() + timeout
+    while (alive := [pid for pid in pids if process_alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
+def kill_all(pids: list[int]) -> None:
+    """Clean up after a failed orphan check: SIGKILL each given pid that still runs."""
+    for pid in pids:
+        if process_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # ====================================================================================== policy side

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import child_pids, kill_all, wait_until_gone
 
 from data.reader import LeRobotDatasetReader
 from data.reasoning import Reasoning
@@ -156,3 +158,37 @@ def test_cli_generate_then_info(tmp_path: Path) -> None:
     assert out_of_range.returncode == 2, out_of_range.stdout + out_of_range.stderr
     assert "task index 3 is out of range" in out_of_range.stdout
     assert not (tmp_path / "none").exists()
+
+
+def has_mujoco(pid: int) -> bool:
+    """The worker has loaded MuJoCo, i.e. it is past start-up and building or rolling out a scene."""
+    try:
+        return "mujoco" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(300)
+def test_generation_workers_exit_when_the_command_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of `vla-data generate` mid-run ends its pool workers (each holds a scene and a GL
+    context) instead of leaving them as orphans."""
+    command = [str(Path(sys.executable).parent / "vla-data"), "generate", "--suite", "quickstart"]
+    command += ["--episodes-per-task", "4", "--tasks", "0", "--image-size", "64", "64"]
+    command += ["--workers", "2", "--out", str(tmp_path / "ds")]
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            assert parent.poll() is None, "vla-data generate ended before its workers started"
+            children = child_pids(parent.pid)
+            workers = [pid for pid in children if has_mujoco(pid)]
+            time.sleep(0.5)
+        assert len(workers) == 2, f"expected 2 workers rolling out, found {workers}"
+    finally:
+        parent.kill()
+        parent.wait()
+    survivors = wait_until_gone(children)
+    kill_all(survivors)
+    assert not survivors, f"processes {survivors} outlived the killed vla-data {parent.pid}"

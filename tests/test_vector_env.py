@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import child_pids, kill_all, wait_until_gone
 from gymnasium import spaces
 
 from sim.vector import EnvCrashedError, EnvResult, SubprocVectorEnv, make_vector_env
@@ -21,6 +26,7 @@ from sim.vector import EnvCrashedError, EnvResult, SubprocVectorEnv, make_vector
 pytestmark = pytest.mark.timeout(60)
 
 IMAGE = (8, 8, 3)
+REPO = Path(__file__).resolve().parents[1]
 
 
 class FaultyEnv(gym.Env):
@@ -105,6 +111,24 @@ def make_env_for_index(index: int) -> gym.Env:
 
 def make_broken_env() -> gym.Env:
     raise ValueError("no EGL display")
+
+
+class BusyEnv(FaultyEnv):
+    """Announces its worker's pid in `marker_dir` at the first step, then works on it for ten
+    minutes: a worker that never reads its pipe, so only a parent-death check can end it."""
+
+    def __init__(self, marker_dir: str) -> None:
+        super().__init__()
+        self.marker_dir = Path(marker_dir)
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict]:
+        (self.marker_dir / str(os.getpid())).touch()
+        time.sleep(600)
+        return super().step(action)
+
+
+def make_busy_env(marker_dir: str) -> gym.Env:
+    return BusyEnv(marker_dir)
 
 
 ACTIONS = np.random.default_rng(0).uniform(-1, 1, (4, 7)).astype(np.float32)
@@ -325,3 +349,41 @@ def test_interrupted_step_does_not_desynchronise_workers(monkeypatch: pytest.Mon
         assert_ok(result)
         assert_same_obs(result.obs, serial.reset(seed=2)[0])
         assert venv.crash_count == 0
+
+
+@pytest.mark.timeout(180)
+def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the process holding a SubprocVectorEnv (no close, no atexit) ends its workers,
+    even ones busy in a long step that would never read the closed pipe."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
+        from functools import partial
+        import numpy as np
+        from sim.vector import SubprocVectorEnv
+        from test_vector_env import make_busy_env
+        venv = SubprocVectorEnv([partial(make_busy_env, {str(markers)!r})] * 2, step_timeout=None)
+        venv.reset([0, 1])
+        venv.step({{0: np.zeros(7, np.float32), 1: np.zeros(7, np.float32)}})
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(markers.iterdir())) < 2 and time.monotonic() < deadline:
+            assert parent.poll() is None, "the parent script failed before its workers stepped"
+            time.sleep(0.2)
+        workers = sorted(int(marker.name) for marker in markers.iterdir())
+        assert len(workers) == 2, "the workers never started their step"
+        children = child_pids(parent.pid)
+        assert set(workers) <= set(children)
+    finally:
+        parent.kill()
+        parent.wait()
+    survivors = wait_until_gone(children)
+    kill_all(survivors)
+    assert not survivors, f"processes {survivors} outlived their killed parent {parent.pid}"
