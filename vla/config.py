@@ -5,12 +5,21 @@ cores; `tiny-fast` is `tiny` with 4x fewer image tokens; `tiny-timm` swaps SigLI
 ResNet; `tiny-effnet` for ImageNet-pretrained EfficientNet-Lite0 (the quickstart's); `pi0` has the shape of pi0 (PaliGemma-3B backbone, ~300M expert) for GPU runs and
 benchmarks. `VLAConfig.named("tiny", action_horizon=8)` builds one with overrides; unknown names
 and keys fail with a "did you mean".
+
+`build_config` is the one place plain data (YAML, JSON, overrides) becomes a config dataclass:
+every value is checked against the field's type hint (no bool for an int, no string for a
+tuple, tuple lengths and element types, mappings), unknown keys get a "did you mean", and the
+error names the dotted key and what was expected. The training config, `VLAConfig.from_dict` /
+`replace` and `ProcessorConfig.from_dict` all go through it; checkpoint loading adds the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,28 +110,118 @@ class VLAConfig:
         return NAMED_CONFIGS[name].replace(**overrides)
 
     def replace(self, **overrides: Any) -> VLAConfig:
+        """A copy with `overrides`, each type-checked (a list for a tuple field is accepted)."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = [key for key in overrides if key not in known]
         if unknown:
             hints = "".join(_did_you_mean(key, known) for key in unknown)
             raise KeyError(f"unknown VLAConfig key(s) {unknown}{hints}")
-        return dataclasses.replace(self, **overrides)
+        hints = _type_hints(type(self))
+        checked = {key: coerce(hints[key], value, key) for key, value in overrides.items()}
+        return dataclasses.replace(self, **checked)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> VLAConfig:
-        payload = dict(payload)
-        for key in ("cameras", "flow_time_beta"):
-            if key in payload and payload[key] is not None:
-                payload[key] = tuple(payload[key])
-        return cls().replace(**payload)
+    def from_dict(cls, payload: dict[str, Any], where: str = "") -> VLAConfig:
+        """From `to_dict`'s output (config.json's "model"); `where` prefixes keys in errors."""
+        return build_config(cls, payload, where)
 
 
-def _did_you_mean(name: str, options: Any) -> str:
+def _did_you_mean(name: str, options: Any, prefix: str = "") -> str:
     close = difflib.get_close_matches(str(name), [str(option) for option in options], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
+# ====================================================================================== typed construction
+class ConfigError(ValueError):
+    """A config (YAML file, override, checkpoint config.json) names an unknown key or holds a
+    value of the wrong type; the message starts with the dotted key."""
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def build_config(cls: type, raw: Any, where: str = "") -> Any:
+    """`cls(**raw)` with every value checked against its field's type hint, nested dataclasses
+    built the same way; `where` ("optim.") prefixes the keys named in errors.
+
+    A ValueError the dataclass raises itself (a value out of range) is re-raised as ConfigError
+    prefixed with the section, so whoever reads it knows where to look.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    hints = _type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{where}{key}: unknown key{_did_you_mean(key, fields, where)}; "
+                f"valid keys: {', '.join(fields)}"
+            )
+        values[key] = coerce(hints[key], value, f"{where}{key}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigError) or not where:
+            raise
+        raise ConfigError(f"{where.rstrip('.')}: {error}") from None
+
+
+def coerce(hint: Any, value: Any, where: str) -> Any:
+    """`value` checked against the type `hint` (as YAML or JSON gives it: lists become tuples,
+    ints become floats); a ConfigError naming `where` and what was expected otherwise."""
+    if dataclasses.is_dataclass(hint):
+        return build_config(hint, value, where + ".")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return coerce(next(option for option in args if option is not type(None)), value, where)
+    if hint is Any:
+        return value
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        if len(args) != 2:
+            return dict(value)
+        return {
+            coerce(args[0], key, f"{where} key {key!r}"): coerce(args[1], item, f"{where}.{key}")
+            for key, item in value.items()
+        }
+    if hint in (tuple, list) or origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        # tuple[float, float]: one type per position; tuple[str, ...] and list[str]: one for all
+        fixed = origin is tuple and args and args[-1] is not Ellipsis
+        if fixed and len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {list(value)!r}")
+        items = args if fixed else args[:1] * len(value)
+        checked = (
+            [
+                coerce(h, entry, f"{where}[{i}]")
+                for i, (h, entry) in enumerate(zip(items, value, strict=True))
+            ]
+            if items
+            else list(value)  # a bare `tuple` / `list`: the entries as they are
+        )
+        return tuple(checked) if tuple in (hint, origin) else checked
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
 
 
 TINY_PALIGEMMA = {

@@ -19,7 +19,6 @@ ratio) or refused (different aspect ratio, with a message naming the key and bot
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import logging
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.normalize import FeatureNormalizer, Normalizer
+from data.normalize import FeatureNormalizer, Normalizer, NormMode
 from data.reasoning import REASONING_TAGS, Reasoning, format_reasoning
 from data.schema import (
     ACTION_IS_PAD_KEY,
@@ -45,7 +44,7 @@ from data.schema import (
     lagged_key,
     rename_keys,
 )
-from vla.config import VLAConfig
+from vla.config import VLAConfig, build_config
 from vla.model import ModelInputs
 from vla.robot.safety import ActionRange
 from vla.tokenizer import decode_reasoning, encode_reasoning, encode_text
@@ -98,25 +97,25 @@ class ProcessorConfig:
         for name in ("reasoning_dropout", "tag_dropout", "stale_chain"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"processor.{name} must be a probability in [0, 1], got {value!r}")
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
         if self.stale_chain_lag < 1:
-            raise ValueError(f"processor.stale_chain_lag must be >= 1, got {self.stale_chain_lag}")
+            raise ValueError(f"stale_chain_lag must be >= 1, got {self.stale_chain_lag}")
+        modes = [mode.value for mode in NormMode]
+        for name in ("state_norm", "action_norm"):
+            value = getattr(self, name)
+            if value not in modes:
+                close = difflib.get_close_matches(str(value), modes, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"{name} must be one of {modes}, got {value!r}{hint}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, payload: Mapping[str, Any]) -> ProcessorConfig:
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = [key for key in payload if key not in known]
-        if unknown:
-            hints = "".join(
-                f" (did you mean {close[0]!r}?)"
-                for key in unknown
-                if (close := difflib.get_close_matches(key, known, n=1))
-            )
-            raise KeyError(f"unknown processor setting(s) {unknown}{hints}; known: {known}")
-        return cls(**dict(payload))
+    def from_dict(cls, payload: Mapping[str, Any], where: str = "processor.") -> ProcessorConfig:
+        """From `to_dict`'s output (config.json's "processor"), every value type-checked; errors
+        name the key as `where` + key, with a "did you mean" for a typo."""
+        return build_config(cls, dict(payload), where)
 
 
 # ====================================================================================== steps

@@ -2,27 +2,24 @@
 
 A run config is a tree of frozen dataclasses. `load_config(path, overrides)` reads YAML, applies
 `section.key=value` overrides (values parsed as YAML: `optim.lr=1e-4`, `model.overrides.action_horizon=8`),
-and rejects unknown keys at any depth with a "did you mean". The resolved config is written next
-to every run (`resolved_config.yaml`) so a run can be reproduced from its own directory.
+and rejects unknown keys at any depth with a "did you mean" (`vla.config.build_config`, the one
+type checker of configs). The resolved config is written next to every run
+(`resolved_config.yaml`) so a run can be reproduced from its own directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from vla.config import ConfigError, build_config
 from vla.processor import ProcessorConfig
 
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or holds a value of the wrong type."""
+__all__ = ["ConfigError", "TrainConfig", "load_config", "save_config"]
 
 
 @dataclass(frozen=True)
@@ -130,7 +127,7 @@ def load_config(
         if not separator or not key:
             raise ConfigError(f"override {override!r} must look like section.key=value")
         _set_dotted(raw, key.strip(), yaml.safe_load(value))
-    return _build(TrainConfig, raw, "")
+    return build_config(TrainConfig, raw)
 
 
 def save_config(config: TrainConfig, path: Path) -> None:
@@ -145,54 +142,6 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(tree, dict):
             raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
     tree[parts[-1]] = value
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, value in raw.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f" (did you mean {where + close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"unknown config key {where + key!r}{hint}; valid keys: {', '.join(fields)}"
-            )
-        values[key] = _coerce(hints[key], value, f"{where}{key}")
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where + ".")
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        return _coerce(next(option for option in options if option is not type(None)), value, where)
-    if hint is Any or origin is dict:
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if (
-        hint in (int, float, str, bool)
-        and not isinstance(value, hint)
-        or (hint is int and isinstance(value, bool))
-    ):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
 
 
 def _plain(value: Any) -> Any:
