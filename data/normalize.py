@@ -26,6 +26,15 @@ class NormMode(StrEnum):
     MIN_MAX = "min_max"  # min -> -1, max -> +1
 
 
+# The statistics each mode reads (data.stats.check_stats requires them of a normalized feature).
+MODE_STATS: dict[NormMode, tuple[str, ...]] = {
+    NormMode.IDENTITY: (),
+    NormMode.MEAN_STD: ("mean", "std"),
+    NormMode.QUANTILE: ("q01", "q99"),
+    NormMode.MIN_MAX: ("min", "max"),
+}
+
+
 @dataclass(frozen=True)
 class FeatureNormalizer:
     """`normalize(x) = (x - offset) / scale` over the last dimension(s) of x."""
@@ -41,11 +50,7 @@ class FeatureNormalizer:
         if mode is NormMode.IDENTITY:
             reference = np.asarray(stats["mean"], dtype=np.float64)
             return cls(np.zeros_like(reference), np.ones_like(reference))
-        needed = {
-            NormMode.MEAN_STD: ("mean", "std"),
-            NormMode.QUANTILE: ("q01", "q99"),
-            NormMode.MIN_MAX: ("min", "max"),
-        }[mode]
+        needed = MODE_STATS[mode]
         missing = [name for name in needed if name not in stats]
         if missing:
             raise KeyError(

@@ -10,11 +10,16 @@ Three kinds, each computed where it is cheapest and exact:
 - a whole dataset's camera statistics, from its per-episode ones (`aggregate_stats`): mean, std,
   min, max and count combine exactly; a quantile is the frame-weighted mean of the episodes'
   quantiles, the rule LeRobot's own `aggregate_stats` uses, so both tools agree on edited datasets.
+
+`check_stats` is the one check of statistics that something will normalize with (a dataset's
+meta/stats.json before training, a checkpoint's stats.json at export and at load): numbers,
+finite, consistent (std >= 0, min <= mean, quantiles <= max), and for the features named with
+their size (state, action) the right length, a plausible magnitude (`STATS_BOUND`) and some spread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +31,18 @@ QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 STAT_NAMES = ("mean", "std", "min", "max", *QUANTILES, "count")
 
 Stats = dict[str, list]  # one feature: {stat name: (nested) list of numbers}
+
+# The largest |value| a statistic of a normalized feature may have. State and action are in robot
+# units (metres, radians, gripper -1..1), where real values are below ~10; 1e6 leaves room for any
+# unit choice (millimetres, encoder ticks) while refusing what a flipped exponent bit or an
+# unscaled sensor produces (one checkpoint with std 1e30 served actions of magnitude 4.5e29).
+STATS_BOUND = 1e6
+REQUIRED_STATS = ("mean", "std", "min", "max")  # what every normalized feature must have
+
+
+class StatsError(ValueError):
+    """Statistics that would normalize wrongly; the message names the source file, the feature
+    and the statistic, and what was expected."""
 
 
 def feature_stats(values: np.ndarray) -> Stats:
@@ -173,3 +190,117 @@ def episode_stats_from_row(row: Mapping[str, object]) -> dict[str, dict[str, obj
         key, _, name = column[len(EPISODE_STATS_PREFIX) :].rpartition("/")
         stats.setdefault(key, {})[name] = value
     return stats
+
+
+def check_stats(
+    stats: Mapping[str, Any],
+    source: str,
+    sizes: Mapping[str, int],
+    required: Mapping[str, Iterable[str]] | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """`stats` as float64 arrays, or a StatsError naming `source`, the feature and the stat.
+
+    Every feature's statistics must be numbers, finite and consistent (std >= 0, min <= max,
+    min <= mean and quantiles <= max, quantiles in order; count >= 1). The features in `sizes`
+    (those a policy normalizes, e.g. {"action": 7, "observation.state": 8}) must be present with
+    REQUIRED_STATS and `required[feature]`, each of `size` values, |value| <= STATS_BOUND, and
+    spread in at least one dimension. A single constant dimension is allowed (a gripper that never
+    moved): normalization gives it scale 1 (data/normalize.py).
+    """
+    if not isinstance(stats, Mapping):
+        raise StatsError(f"{source}: expected {{feature: {{stat: list of numbers}}}}")
+    checked = {}
+    for feature, feature_stats in stats.items():
+        where = f"{source}: stats[{feature!r}]"
+        if not isinstance(feature_stats, Mapping):
+            raise StatsError(f"{where} is not a mapping of statistics")
+        size = sizes.get(feature)
+        arrays = {
+            name: _checked_values(values, f"{where}[{name!r}]", None if name == "count" else size)
+            for name, values in feature_stats.items()
+        }
+        _check_consistent(arrays, where)
+        if size is not None:
+            needed = [*REQUIRED_STATS, *(required or {}).get(feature, ())]
+            missing = [name for name in dict.fromkeys(needed) if name not in arrays]
+            if missing:
+                raise StatsError(
+                    f"{where} is missing {', '.join(map(repr, missing))}; a normalized feature "
+                    f"needs {list(dict.fromkeys(needed))}"
+                )
+            for name in ("std", "max"):
+                spread = arrays["std"] if name == "std" else arrays["max"] - arrays["min"]
+                if not (spread > 0).any():
+                    raise StatsError(
+                        f"{where}[{name!r}]: no spread in any of the {size} dimensions "
+                        f"({'std' if name == 'std' else 'max - min'} is 0 everywhere): "
+                        f"these are not the statistics of a recorded feature"
+                    )
+        checked[str(feature)] = arrays
+    missing = [feature for feature in sizes if feature not in checked]
+    if missing:
+        raise StatsError(
+            f"{source}: no statistics for {', '.join(map(repr, missing))} "
+            f"(they cover {sorted(checked)})"
+        )
+    return checked
+
+
+def _checked_values(values: Any, where: str, size: int | None) -> np.ndarray:
+    """One statistic as float64: numbers, finite, and with `size`: (size,) and within bounds."""
+    try:
+        raw = np.asarray(values)
+    except ValueError as error:  # ragged nesting
+        raise StatsError(f"{where} is not a (nested) list of numbers ({error})") from None
+    if raw.dtype.kind not in "iuf" or raw.size == 0:
+        raise StatsError(f"{where} is not a (nested) list of numbers: {values!r:.80}")
+    array = raw.astype(np.float64)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise StatsError(
+            f"{where} has non-finite values ({array[index]} at index {list(index)}); "
+            "statistics must be finite numbers"
+        )
+    if size is None:
+        return array
+    if array.shape != (size,):
+        raise StatsError(
+            f"{where} has shape {array.shape}, expected {size} values (one per dimension)"
+        )
+    largest = float(np.abs(array).max())
+    if largest > STATS_BOUND:
+        raise StatsError(
+            f"{where} has |values| up to {largest:g}, beyond the plausible bound {STATS_BOUND:g} "
+            "(data.stats.STATS_BOUND): a corrupt file or a unit error"
+        )
+    return array
+
+
+def _check_consistent(arrays: Mapping[str, np.ndarray], where: str) -> None:
+    """Relations every set of statistics satisfies, whatever the feature."""
+
+    def refuse(name: str, condition: np.ndarray, what: str) -> None:
+        if not condition.all():
+            index = [int(i) for i in np.argwhere(~condition)[0]]
+            raise StatsError(f"{where}[{name!r}] {what} at index {index}")
+
+    shapes = {name: array.shape for name, array in arrays.items() if name != "count"}
+    if len(set(shapes.values())) > 1:
+        raise StatsError(f"{where}: its statistics have different shapes {shapes}")
+    if "count" in arrays:
+        refuse("count", arrays["count"] >= 1, "must be >= 1 (frames counted)")
+    if "std" in arrays:
+        refuse("std", arrays["std"] >= 0, f"must be >= 0, found {arrays['std'].min():g}")
+    if "min" not in arrays or "max" not in arrays:
+        return
+    low, high = arrays["min"], arrays["max"]
+    refuse("max", high >= low, "is below 'min'")
+    slack = 1e-9 + 1e-6 * np.maximum(np.abs(low), np.abs(high))  # float rounding of means
+    ordered = [name for name in ("mean", *QUANTILES) if name in arrays]
+    for name in ordered:
+        refuse(name, (arrays[name] >= low - slack) & (arrays[name] <= high + slack),
+               "lies outside ['min', 'max']")  # fmt: skip
+    quantiles = [name for name in QUANTILES if name in arrays]
+    for lower, upper in zip(quantiles, quantiles[1:], strict=False):
+        refuse(upper, arrays[upper] >= arrays[lower] - slack, f"is below {lower!r}")

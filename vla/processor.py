@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.normalize import FeatureNormalizer, Normalizer, NormMode
+from data.normalize import MODE_STATS, FeatureNormalizer, Normalizer, NormMode
 from data.reasoning import REASONING_TAGS, Reasoning, format_reasoning
 from data.schema import (
     ACTION_IS_PAD_KEY,
@@ -44,6 +44,7 @@ from data.schema import (
     lagged_key,
     rename_keys,
 )
+from data.stats import check_stats
 from vla.config import VLAConfig, build_config
 from vla.model import ModelInputs
 from vla.robot.safety import ActionRange
@@ -116,6 +117,23 @@ class ProcessorConfig:
         """From `to_dict`'s output (config.json's "processor"), every value type-checked; errors
         name the key as `where` + key, with a "did you mean" for a typo."""
         return build_config(cls, dict(payload), where)
+
+
+def check_policy_stats(
+    stats: Mapping[str, Any], source: str, config: VLAConfig, settings: ProcessorConfig
+) -> dict[str, dict[str, np.ndarray]]:
+    """The statistics a policy normalizes with, checked by `data.stats.check_stats`: state and
+    action present, of the model's sizes, with what their normalization modes read. Training
+    checks the dataset's with it before the first step; checkpoints at export and at load."""
+    return check_stats(
+        stats,
+        source,
+        sizes={STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim},
+        required={
+            STATE_KEY: MODE_STATS[NormMode(settings.state_norm)],
+            ACTION_KEY: MODE_STATS[NormMode(settings.action_norm)],
+        },
+    )
 
 
 # ====================================================================================== steps
