@@ -19,7 +19,6 @@ with `torch.load(weights_only=True)`, and only during conversion: at run time no
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from vla.digest import sha256_file
 
 CACHE_ENV = "VLA_CACHE_DIR"  # where converted weights live (default ~/.cache/vla)
 
@@ -83,7 +84,7 @@ def convert(name: str, target: Path) -> Path:
 
     source = _registered(name)
     source_path = _package_file(source)
-    digest = _sha256(source_path)
+    digest = sha256_file(source_path)
     if digest != source.sha256:
         raise PretrainedWeightsError(
             f"{source_path}: sha256 {digest} is not the released {source.sha256}; reinstall "
@@ -94,7 +95,7 @@ def convert(name: str, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     save_file(converted, str(partial), metadata={"source": source.pip_name, "sha256": digest})
-    written = _sha256(partial)
+    written = sha256_file(partial)
     partial.replace(target)
     record = {
         "name": name,
@@ -175,16 +176,8 @@ def _cache_is_intact(target: Path, record_path: Path, source: PackagedWeights) -
         isinstance(record, dict)
         and record.get("source_sha256") == source.sha256
         and record.get("timm_model") == source.timm_model
-        and record.get("sha256") == _sha256(target)
+        and record.get("sha256") == sha256_file(target)
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main() -> int:
