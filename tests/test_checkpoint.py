@@ -22,6 +22,7 @@ from vla.checkpoint import (
     CheckpointError,
     LoadedCheckpoint,
     load_checkpoint,
+    record_manifest,
     record_observation_spec,
     save_checkpoint,
 )
@@ -29,7 +30,7 @@ from vla.config import TINY_PALIGEMMA, VLAConfig
 from vla.model import VLAModel
 
 TIED = ("backbone.embed_tokens.weight", "backbone.lm_head.weight")
-PROCESSOR = {"image_size": 64, "norm_modes": {"observation.state": "mean_std"}}
+PROCESSOR = {"state_norm": "mean_std", "action_norm": "quantile", "image_shift": 2}
 # Two denoising steps and a batch of two keep sampling fast on shared CPUs; exactness is per step.
 TINY = {"num_inference_steps": 2}
 TRAIN_CONFIG = {"lr": 2.5e-5, "steps": 3, "dataset": {"root": "data/libero", "cameras": ["a"]}}
@@ -96,13 +97,25 @@ def sample(model: VLAModel) -> torch.Tensor:
 
 
 def rewrite_weights(directory: Path, edit) -> None:
-    """Apply `edit` to the stored tensors of a checkpoint, keeping its metadata."""
+    """Apply `edit` to the stored tensors of a checkpoint, keeping its metadata; the manifest
+    is re-recorded, so what fails is the check under test, not the content hash (that one has
+    its tests in test_checkpoint_integrity.py)."""
     path = directory / "model.safetensors"
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
     tensors = load_file(str(path))
     edit(tensors)
     save_file(tensors, str(path), metadata=metadata)
+    record_manifest(directory)
+
+
+def rewrite_config(directory: Path, edit) -> None:
+    """Apply `edit` to config.json's payload and re-record the manifest."""
+    path = directory / "config.json"
+    payload = json.loads(path.read_text())
+    edit(payload)
+    path.write_text(json.dumps(payload))
+    record_manifest(directory)
 
 
 def load_error(directory: Path) -> str:
@@ -159,6 +172,7 @@ def test_optional_parts_are_optional(model: VLAModel, stats: dict, tmp_path: Pat
     assert loaded.processor == {}
     assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == [
         "config.json",
+        "manifest.json",
         "model.safetensors",
         "stats.json",
     ]
@@ -215,11 +229,13 @@ def test_observation_spec_is_saved_in_config_json_and_restored(
 
 
 def drop_observation_spec(directory: Path) -> dict:
-    """Make `directory` what this code exported before specs were recorded."""
+    """Make `directory` what this code exported before specs were recorded (with a manifest of
+    the edited files: checkpoints without one are test_checkpoint_integrity.py's subject)."""
     path = directory / "config.json"
     payload = json.loads(path.read_text())
     del payload["observation"]
     path.write_text(json.dumps(payload, indent=2))
+    record_manifest(directory)
     return payload
 
 
@@ -279,10 +295,7 @@ def test_older_checkpoint_infers_the_resolution_from_its_training_dataset(
     ],
 )
 def test_bad_observation_spec_names_the_file_and_key(copy: Path, edit, message) -> None:
-    path = copy / "config.json"
-    payload = json.loads(path.read_text())
-    edit(payload["observation"])
-    path.write_text(json.dumps(payload))
+    rewrite_config(copy, lambda payload: edit(payload["observation"]))
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(copy)
 
@@ -357,6 +370,7 @@ def test_all_problems_are_listed_at_once(copy: Path) -> None:
 def test_truncated_weights(copy: Path) -> None:
     path = copy / "model.safetensors"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    record_manifest(copy)
     message = load_error(copy)
     assert message.startswith(str(path)) and "truncated or corrupt" in message
 
@@ -370,22 +384,19 @@ def test_missing_stats(copy: Path) -> None:
 
 def test_invalid_config_json(copy: Path) -> None:
     (copy / "config.json").write_text('{"format_version": 1, "model": ')
+    record_manifest(copy)
     message = load_error(copy)
     assert message.startswith(str(copy / "config.json")) and "not valid JSON" in message
 
 
 def test_unknown_format_version(copy: Path) -> None:
-    config = json.loads((copy / "config.json").read_text())
-    config["format_version"] = 99
-    (copy / "config.json").write_text(json.dumps(config))
+    rewrite_config(copy, lambda config: config.update(format_version=99))
     message = load_error(copy)
     assert message.startswith(str(copy / "config.json")) and "format_version 99" in message
 
 
 def test_unknown_config_key(copy: Path) -> None:
-    config = json.loads((copy / "config.json").read_text())
-    config["model"]["action_horizn"] = 4
-    (copy / "config.json").write_text(json.dumps(config))
+    rewrite_config(copy, lambda config: config["model"].update(action_horizn=4))
     message = load_error(copy)
     assert message.startswith(str(copy / "config.json")) and "action_horizon" in message
 
@@ -425,11 +436,12 @@ def test_save_replaces_an_existing_checkpoint(
     directory = save_checkpoint(
         tmp_path / "ckpt", model, model.config, stats, tokenizer_dir=tokenizer_dir
     )
-    save_checkpoint(directory, model, model.config, {"action": {"mean": [1.0]}})
+    other = {key: {name: np.asarray(v) * 2 for name, v in s.items()} for key, s in stats.items()}
+    save_checkpoint(directory, model, model.config, other)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
     assert not (directory / "tokenizer").exists(), "nothing of the old checkpoint may linger"
     restored = load_checkpoint(directory).stats
-    assert restored.keys() == {"action"} and restored["action"]["mean"].tolist() == [1.0]
+    assert np.array_equal(restored["action"]["mean"], other["action"]["mean"])
 
 
 def test_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(

@@ -6,8 +6,19 @@ Layout (docs: /work/shared/DESIGN.md, "Checkpoint directory"):
                         "observation": ObservationSpec.to_dict()}
     model.safetensors  the state dict; tied tensors stored once, their aliases in the metadata
     stats.json         {feature: {stat: nested lists of float64}}
-    tokenizer/         tokenizer files (optional)
+    tokenizer/         tokenizer files (optional; regular files only, no symlinks)
     train_config.yaml  how the weights were trained (optional, provenance only)
+    manifest.json      {"format_version": 1, "files": {relative path: {"sha256", "size"}}}
+
+What loading checks, each failure a `CheckpointError` naming the file, the key and what was
+expected: every file against manifest.json (a changed byte, a missing or an added file; files
+outside the checkpoint's contents, e.g. eval.py's reports under eval/, are not its business);
+no symlink or other non-regular entry (a checkpoint must load the same wherever it is copied);
+config.json's values against the config dataclasses' types (`vla.config.build_config`: no bool
+for an int, no string for a list, "did you mean" for a typo); stats.json by the same check as
+the training dataset's (`vla.processor.check_policy_stats`: finite, right sizes, plausible
+magnitude, some spread); and the weights: names, shapes, and finite values. Export applies the
+same checks to what it is given, before writing anything.
 
 Why this shape: safetensors and JSON cannot execute code when read, so a checkpoint from
 anywhere is safe to load; the model config is self-contained (the backbone's HF config is
@@ -21,6 +32,8 @@ internal size), and the state size. Eval, the server and robots read the resolut
 Checkpoints exported before it existed still load: the spec is inferred from the training
 dataset's info.json (when train_config.yaml's data.path still holds it) or defaulted, one
 warning says which, and `record_observation_spec(directory, spec)` writes it in for good.
+Checkpoints exported before the manifest load unverified with one warning; `record_manifest`
+records the hashes of the files as they are now.
 """
 
 from __future__ import annotations
@@ -45,8 +58,11 @@ from torch import nn
 
 from data.features import Feature, observation_spec
 from data.schema import DEFAULT_CAMERA_RESOLUTION, ObservationSpec, SpecError, image_key
-from vla.config import VLAConfig
+from data.stats import StatsError
+from vla.config import ConfigError, VLAConfig
+from vla.digest import sha256_file
 from vla.model import VLAModel
+from vla.processor import ProcessorConfig, check_policy_stats
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +73,10 @@ WEIGHTS_FILE = "model.safetensors"
 STATS_FILE = "stats.json"
 TOKENIZER_DIR = "tokenizer"
 TRAIN_CONFIG_FILE = "train_config.yaml"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE)
+TOP_LEVEL_FILES = (*REQUIRED_FILES, TRAIN_CONFIG_FILE)  # with tokenizer/: what the manifest covers
 CONTENTS = (
     f"{CONFIG_FILE}, {WEIGHTS_FILE}, {STATS_FILE} "
     f"(and optionally {TOKENIZER_DIR}/ and {TRAIN_CONFIG_FILE})"
@@ -93,6 +112,8 @@ class LoadedCheckpoint:
     # Whether training showed the model reasoning targets (None: exported before this was
     # recorded; the processor's reasoning_dropout is then all there is to go on).
     reasoning_trained: bool | None = None
+    # None when manifest.json verified every file, else the note that it was loaded unverified.
+    manifest_note: str | None = None
 
 
 # ====================================================================================== save
@@ -135,6 +156,8 @@ def save_checkpoint(
             directory, list(config.cameras), *DEFAULT_CAMERA_RESOLUTION,
         )  # fmt: skip
     _check_spec_matches(observation_spec, config, f"{directory}: observation_spec")
+    config_path = f"{directory / CONFIG_FILE} (to be written)"
+    settings = _processor_config(dict(processor or {}), config_path)
     config_payload = {
         "format_version": FORMAT_VERSION,
         "model": _self_contained_config(model, config).to_dict(),
@@ -143,7 +166,11 @@ def save_checkpoint(
     }
     if reasoning_trained is not None:
         config_payload[REASONING_TRAINED_KEY] = bool(reasoning_trained)
-    stats_payload = _stats_to_lists(stats)
+    stats_payload = _stats_to_lists(
+        stats, f"{directory / STATS_FILE} (to be written)", config, settings
+    )
+    tensors, aliases = _deduplicate(model.state_dict())
+    _refuse_non_finite(tensors, f"{directory / WEIGHTS_FILE} (to be written)")
     train_text = (
         None if train_config is None else yaml.safe_dump(_plain(train_config), sort_keys=False)
     )
@@ -160,7 +187,8 @@ def save_checkpoint(
             shutil.copytree(tokenizer_dir, staging / TOKENIZER_DIR)
         if train_text is not None:
             (staging / TRAIN_CONFIG_FILE).write_text(train_text)
-        _save_weights(staging / WEIGHTS_FILE, model)
+        _save_weights(staging / WEIGHTS_FILE, tensors, aliases)
+        _write_manifest(staging)
         _move_into_place(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -215,21 +243,57 @@ def _self_contained_config(model: nn.Module, config: VLAConfig) -> VLAConfig:
     return config.replace(pretrained_path=None, backbone_config=backbone_config)
 
 
-def _stats_to_lists(stats: Stats) -> dict[str, dict[str, Any]]:
-    """Nested float64 lists; Python writes floats in round-trip form, so reloading is exact."""
-    payload: dict[str, dict[str, Any]] = {}
-    for feature, feature_stats in stats.items():
-        payload[str(feature)] = {}
-        for name, values in feature_stats.items():
-            array = np.asarray(
-                values.detach().cpu() if isinstance(values, torch.Tensor) else values,
-                dtype=np.float64,
-            )
-            if not np.isfinite(array).all():
-                # NaN/inf are not JSON, and would poison normalization at deployment anyway.
-                raise ValueError(f"stats[{feature!r}][{name!r}] has non-finite values")
-            payload[str(feature)][str(name)] = array.tolist()
-    return payload
+def _stats_to_lists(
+    stats: Stats, source: str, config: VLAConfig, settings: ProcessorConfig
+) -> dict[str, dict[str, Any]]:
+    """Nested float64 lists, checked as loading will check them; Python writes floats in
+    round-trip form, so reloading is exact."""
+    plain = {
+        feature: {
+            name: values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+            for name, values in feature_stats.items()
+        }
+        for feature, feature_stats in stats.items()
+    }
+    checked = _checked_stats(plain, source, config, settings)
+    return {
+        feature: {str(name): array.tolist() for name, array in feature_stats.items()}
+        for feature, feature_stats in checked.items()
+    }
+
+
+def _checked_stats(
+    stats: Any, source: str, config: VLAConfig, settings: ProcessorConfig
+) -> dict[str, dict[str, np.ndarray]]:
+    try:
+        return check_policy_stats(stats, source, config, settings)
+    except StatsError as error:
+        raise CheckpointError(str(error)) from None
+
+
+def _processor_config(processor: Any, source: str) -> ProcessorConfig:
+    """config.json's "processor", type-checked like the model config."""
+    if not isinstance(processor, dict):
+        raise CheckpointError(f"{source}: 'processor' must be a JSON object")
+    try:
+        return ProcessorConfig.from_dict(processor, where="processor.")
+    except ConfigError as error:
+        raise CheckpointError(f"{source}: {error}") from None
+
+
+def _refuse_non_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """NaN or inf in a weight is corruption or a diverged run: it would serve garbage."""
+    bad = [
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{source}: non-finite values (NaN or inf) in {len(bad)} tensor(s): "
+            f"{', '.join(sorted(bad)[:5])}{' ...' if len(bad) > 5 else ''}; the weights are "
+            "corrupt or training diverged: export from a training checkpoint with finite weights"
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -251,21 +315,20 @@ def _write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
-def _save_weights(path: Path, model: nn.Module) -> None:
-    """save_file of the state dict with each tied tensor stored once.
-
-    safetensors refuses tensors that share storage (PaliGemma ties lm_head.weight to
-    embed_tokens.weight). Exact aliases (same storage, offset, shape, strides) are stored once
-    and recorded in the metadata; any other overlap is copied so it is stored independently.
-    """
-    tensors, aliases = _deduplicate(model.state_dict())
+def _save_weights(path: Path, tensors: Mapping[str, torch.Tensor], aliases: dict[str, str]) -> None:
+    """save_file of the deduplicated state dict (`_deduplicate`), aliases in the metadata."""
     save_file(tensors, str(path), metadata={"format": "pt", ALIASES_KEY: json.dumps(aliases)})
 
 
 def _deduplicate(
     state: Mapping[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors to store, {alias: stored name}); the first name in state-dict order is stored."""
+    """(tensors to store, {alias: stored name}); the first name in state-dict order is stored.
+
+    safetensors refuses tensors that share storage (PaliGemma ties lm_head.weight to
+    embed_tokens.weight). Exact aliases (same storage, offset, shape, strides) are stored once
+    and recorded in the metadata; any other overlap is copied so it is stored independently.
+    """
     stored: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     views: dict[tuple, str] = {}
@@ -311,14 +374,19 @@ def load_checkpoint(directory: Path, device: str = "cpu") -> LoadedCheckpoint:
     """Rebuild the model from config.json and load its weights strictly, in their saved dtype.
 
     Every problem found is raised as a `CheckpointError` whose message starts with the path of
-    the file at fault and says what was expected. A checkpoint without an observation spec
-    (exported before it was recorded) loads with the spec inferred and one logged warning.
+    the file at fault and says what was expected (the module docstring lists the checks). A
+    checkpoint without an observation spec or a manifest (exported before they were recorded)
+    loads with one logged warning for each, saying how to record it.
     """
     directory = Path(directory)
     _check_layout(directory)
+    manifest_note = verify_manifest(directory)
+    if manifest_note is not None:
+        log.warning(manifest_note)
     payload = _read_config_payload(directory / CONFIG_FILE)
     config, processor = _read_config(payload, directory / CONFIG_FILE)
-    stats = _read_stats(directory / STATS_FILE)
+    settings = _processor_config(processor, str(directory / CONFIG_FILE))
+    stats = _read_stats(directory / STATS_FILE, config, settings)
     train_config = _read_train_config(directory / TRAIN_CONFIG_FILE)
     spec, note = _read_observation_spec(payload, config, directory, train_config)
     if note is not None:
@@ -338,6 +406,7 @@ def load_checkpoint(directory: Path, device: str = "cpu") -> LoadedCheckpoint:
         train_config=train_config,
         observation_spec_note=note,
         reasoning_trained=_read_reasoning_trained(payload, directory / CONFIG_FILE),
+        manifest_note=manifest_note,
     )
 
 
@@ -353,12 +422,142 @@ def _read_reasoning_trained(payload: Mapping[str, Any], path: Path) -> bool | No
 def _check_layout(directory: Path) -> None:
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory; a checkpoint holds {CONTENTS}")
+    _content_files(directory)  # no symlinks, nothing but regular files and directories
     missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
     if missing:
         raise CheckpointError(
             f"{directory / missing[0]}: missing ({', '.join(missing)} absent); "
             f"a checkpoint directory holds {CONTENTS}"
         )
+
+
+# ====================================================================================== manifest
+def _content_files(directory: Path) -> dict[str, Path]:
+    """{posix path relative to `directory`: path} of the checkpoint's files: the top-level
+    files it defines and everything under tokenizer/. Anything else in the directory (eval.py's
+    reports under eval/, a README) is not part of the checkpoint and is neither hashed nor read.
+
+    A symlink, or anything that is not a regular file or directory, is refused: a checkpoint must
+    be self-contained, so that a copy of it loads the same, and a tokenizer/ symlinked to another
+    tokenizer is someone else's tokenizer.
+    """
+    files: dict[str, Path] = {}
+    for name in TOP_LEVEL_FILES:
+        path = directory / name
+        if os.path.lexists(path):
+            _check_regular(path, directory, want_directory=False)
+            files[name] = path
+    tokenizer = directory / TOKENIZER_DIR
+    if not os.path.lexists(tokenizer):
+        return files
+    _check_regular(tokenizer, directory, want_directory=True)
+    for root, subdirectories, names in os.walk(tokenizer):
+        for name in sorted(subdirectories):
+            _check_regular(Path(root) / name, directory, want_directory=True)
+        for name in sorted(names):
+            path = Path(root) / name
+            _check_regular(path, directory, want_directory=False)
+            files[path.relative_to(directory).as_posix()] = path
+    return files
+
+
+def _check_regular(path: Path, directory: Path, want_directory: bool) -> None:
+    if path.is_symlink():
+        raise CheckpointError(
+            f"{path}: a symlink (to {os.readlink(path)}); a checkpoint holds regular files only, "
+            f"so that it loads the same wherever it is copied: replace the link with a copy of "
+            f"what it points to, or re-export the checkpoint"
+        )
+    kind = "directory" if want_directory else "regular file"
+    if not (path.is_dir() if want_directory else path.is_file()):
+        raise CheckpointError(f"{path}: expected a {kind} of the checkpoint")
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise CheckpointError(f"{path}: resolves to {path.resolve()}, outside {directory}")
+
+
+def _write_manifest(directory: Path) -> Path:
+    """manifest.json of the files as they are now, written atomically."""
+    files = {
+        name: {"sha256": sha256_file(path), "size": path.stat().st_size}
+        for name, path in sorted(_content_files(directory).items())
+    }
+    path = directory / MANIFEST_FILE
+    partial = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    _write_json(partial, {"format_version": MANIFEST_VERSION, "files": files})
+    os.replace(partial, path)
+    return path
+
+
+def record_manifest(directory: Path | str) -> Path:
+    """Record the content hashes of an existing checkpoint (one exported before manifests, or
+    one edited on purpose); returns the manifest's path.
+
+    This blesses the files as they are: run it on a copy you trust (e.g. just exported or
+    copied from the training machine and compared), since a corrupted file would be recorded too.
+    """
+    directory = Path(directory)
+    _check_layout(directory)
+    return _write_manifest(directory)
+
+
+def verify_manifest(directory: Path) -> str | None:
+    """Check every file of the checkpoint against manifest.json: None when all match, the note
+    to log for a checkpoint without one; a CheckpointError naming the file otherwise."""
+    path = directory / MANIFEST_FILE
+    files = _content_files(directory)
+    if not os.path.lexists(path):
+        return (
+            f"{directory}: no {MANIFEST_FILE} (exported before checkpoints recorded content "
+            f"hashes), so its files are loaded unverified. Once you trust this copy, record "
+            f'them with: python -c "from vla.checkpoint import record_manifest; '
+            f"record_manifest('{directory}')\""
+        )
+    _check_regular(path, directory, want_directory=False)
+    recorded = _read_manifest(path)
+    for name, entry in recorded.items():
+        file = directory / name
+        if name not in files:
+            raise CheckpointError(
+                f"{file}: missing; {path} lists it (sha256 {entry['sha256']}): the checkpoint "
+                f"is incomplete (a partial copy?). Copy it again from where it was exported"
+            )
+        actual = sha256_file(file)
+        if actual != entry["sha256"]:
+            raise CheckpointError(
+                f"{file}: content does not match {path}: expected sha256 {entry['sha256']} "
+                f"({entry['size']} bytes), found {actual} ({file.stat().st_size} bytes). The file "
+                f"changed after export (disk or transfer corruption, an edit): copy the checkpoint "
+                f"again from where it was exported, or re-export it"
+            )
+    extra = sorted(files.keys() - recorded.keys())
+    if extra:
+        raise CheckpointError(
+            f"{directory / extra[0]}: not in {path} (added after export"
+            f"{f'; also {extra[1:]}' if extra[1:] else ''}); it would change what loads. Remove "
+            f"it, or if the change is deliberate, record it with vla.checkpoint.record_manifest"
+        )
+    return None
+
+
+def _read_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    payload = _read_json(path)
+    files = payload.get("files") if isinstance(payload, dict) else None
+    if (
+        not isinstance(payload, dict)
+        or payload.get("format_version") != MANIFEST_VERSION
+        or not isinstance(files, dict)
+        or not all(
+            isinstance(entry, dict)
+            and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("size"), int)
+            for entry in files.values()
+        )
+    ):
+        raise CheckpointError(
+            f'{path}: expected {{"format_version": {MANIFEST_VERSION}, "files": '
+            f'{{path: {{"sha256": hex digest, "size": bytes}}}}}}'
+        )
+    return files
 
 
 def _read_json(path: Path) -> Any:
@@ -382,13 +581,14 @@ def _read_config_payload(path: Path) -> dict[str, Any]:
 
 
 def _read_config(payload: Mapping[str, Any], path: Path) -> tuple[VLAConfig, dict[str, Any]]:
+    """The model config, every value type-checked (errors: "<path>: model.<key>: expected ...")."""
     model, processor = payload.get("model"), payload.get("processor", {})
     if not isinstance(model, dict) or not isinstance(processor, dict):
         raise CheckpointError(f"{path}: 'model' and 'processor' must be JSON objects")
     try:
-        config = VLAConfig.from_dict(model)
-    except (KeyError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: 'model' is not a valid VLAConfig: {error}") from error
+        config = VLAConfig.from_dict(model, where="model.")
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: {error}") from None
     return config, processor
 
 
@@ -469,6 +669,7 @@ def record_observation_spec(
     """
     directory = Path(directory)
     _check_layout(directory)
+    has_manifest = verify_manifest(directory) is None  # never re-record a damaged file
     path = directory / CONFIG_FILE
     payload = _read_config_payload(path)
     config, _ = _read_config(payload, path)
@@ -481,6 +682,8 @@ def record_observation_spec(
     partial = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     _write_json(partial, payload)
     os.replace(partial, path)
+    if has_manifest:
+        _write_manifest(directory)
     return spec
 
 
@@ -497,19 +700,14 @@ def _check_spec_matches(spec: ObservationSpec, config: VLAConfig, where: str) ->
         )
 
 
-def _read_stats(path: Path) -> dict[str, dict[str, np.ndarray]]:
+def _read_stats(
+    path: Path, config: VLAConfig, settings: ProcessorConfig
+) -> dict[str, dict[str, np.ndarray]]:
+    """stats.json checked as strictly as at export (and as the training dataset's)."""
     payload = _read_json(path)
-    if not isinstance(payload, dict) or not all(isinstance(s, dict) for s in payload.values()):
+    if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: expected {{feature: {{stat: list of numbers}}}}")
-    try:
-        return {
-            feature: {name: np.asarray(values, dtype=np.float64) for name, values in stat.items()}
-            for feature, stat in payload.items()
-        }
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(
-            f"{path}: a statistic is not a (nested) list of numbers: {error}"
-        ) from error
+    return _checked_stats(payload, str(path), config, settings)
 
 
 def _read_train_config(path: Path) -> dict[str, Any] | None:
@@ -546,6 +744,7 @@ def _load_weights(model: VLAModel, path: Path) -> None:
         raise CheckpointError(
             f"{path}: cannot read tensors ({error}); truncated or corrupt?"
         ) from error
+    _refuse_non_finite(stored, str(path))
     full = {name: stored[aliases.get(name, name)] for name in shapes.keys() | aliases.keys()}
     for name, group in ties.items():  # a tie the file does not record: load it from its partner
         full.setdefault(name, full[next(n for n in group if n in full)])
