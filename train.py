@@ -31,16 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
+    from data.stats import StatsError
     from vla.training.config import ConfigError, load_config
-    from vla.training.run import train
+    from vla.training.module import NonFiniteTrainingError
+    from vla.training.run import ResumeError, train
 
     try:
         config = load_config(args.config, args.overrides)
-    except ConfigError as error:
+        with periodic_evaluation(config) as callbacks:
+            export = train(config, resume=args.resume, callbacks=callbacks)
+    except (ConfigError, ResumeError, StatsError) as error:  # what the user must fix first
         print(f"error: {error}", file=sys.stderr)
         return 2
-    with periodic_evaluation(config) as callbacks:
-        export = train(config, resume=args.resume, callbacks=callbacks)
+    except NonFiniteTrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"exported checkpoint: {export}")
     return 0
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +178,150 @@ def test_lora_trains_adapters_only_and_merges_into_a_plain_model() -> None:
     torch.testing.assert_close(
         model.sample_actions(inputs, noise=noise), with_adapters, atol=1e-5, rtol=1e-5
     )
+
+
+# ====================================================================================== refusing to be wrong
+# A few steps of the tiny model on a small dataset: enough for Lightning to write checkpoints.
+QUICK = [
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.log_every=1",
+    "trainer.checkpoint_every=1",
+    "trainer.ema_decay=null",
+    "optim.warmup_steps=1",
+    "logging.wandb=disabled",
+    "model.overrides.num_inference_steps=2",
+]
+
+
+def quick_config(root: Path, runs: Path, *overrides: str):  # noqa: ANN201 - a TrainConfig
+    return load_config(None, [f"data.path={root}", f"output_dir={runs}", *QUICK, *overrides])
+
+
+def test_nan_dataset_stats_are_refused_before_the_first_step(write_dataset, tmp_path: Path) -> None:
+    from data.stats import StatsError
+
+    root, _ = write_dataset(lengths=(12, 12))
+    path = root / "meta" / "stats.json"
+    stats = json.loads(path.read_text())
+    stats["action"]["mean"][2] = float("nan")
+    path.write_text(json.dumps(stats))
+    config = quick_config(root, tmp_path / "runs", "trainer.max_steps=2")
+    with pytest.raises(StatsError) as error:
+        train(config)
+    message = str(error.value)
+    assert message.startswith(str(path)) and "stats['action']['mean']" in message, message
+    assert "non-finite" in message and "vla-data stats" in message, message
+    assert not (config.run_dir / "checkpoints").exists(), "no training step may have run"
+
+
+def test_non_finite_loss_stops_training_at_that_step(write_dataset, tmp_path: Path) -> None:
+    """A learning rate of 1e30 sends the weights to ~1e30 in one step; the next loss overflows.
+    Training must stop at that step, and no checkpoint may be written after it."""
+    from vla.training.module import NonFiniteTrainingError
+
+    root, _ = write_dataset(lengths=(12, 12))
+    config = quick_config(root, tmp_path / "runs", "trainer.max_steps=5", "optim.lr=1e30")
+    with pytest.raises(NonFiniteTrainingError) as error:
+        train(config)
+    message = str(error.value)
+    step = int(message.split("step ")[1].split(":")[0].split(" ")[0])
+    assert 1 <= step < 5 and "training loss is" in message, message
+    checkpoints = config.run_dir / "checkpoints"
+    saved = sorted(int(p.stem.removeprefix("step=")) for p in checkpoints.glob("step=*.ckpt"))
+    assert saved and max(saved) <= step, f"a checkpoint was written after step {step}: {saved}"
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] <= step
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values()), "last.ckpt holds NaN"
+    assert not (config.run_dir / "export").exists()
+
+
+def flip_byte_in_largest_tensor(path: Path) -> None:
+    """Flip one byte inside the storage of the largest tensor of a torch zip checkpoint (not its
+    pickle or zip headers), the damage torch.load does not notice."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        entry = max(
+            (info for info in archive.infolist() if "/data/" in info.filename),
+            key=lambda info: info.file_size,
+        )
+    data = bytearray(path.read_bytes())
+    header = entry.header_offset
+    name_length, extra_length = struct.unpack("<HH", data[header + 26 : header + 30])
+    start = header + 30 + name_length + extra_length
+    data[start + entry.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_byte_in_last_ckpt_is_refused_on_resume(write_dataset, tmp_path: Path) -> None:
+    from vla.training.run import ResumeError, verify_training_checkpoint
+
+    root, _ = write_dataset(lengths=(12, 12))
+    train(quick_config(root, tmp_path / "runs", "trainer.max_steps=2"))
+    config = quick_config(root, tmp_path / "runs", "trainer.max_steps=3")
+    last = config.run_dir / "checkpoints" / "last.ckpt"
+    recorded = last.parent / "last.ckpt.sha256"
+    assert recorded.read_text() == f"{sha256(last)}  last.ckpt\n"
+    # A kill between renaming last.ckpt and its digest into place leaves the new digest pending
+    # (and the previous one recorded): that checkpoint is intact and must resume.
+    pending = last.parent / ".last.ckpt.sha256.partial"
+    recorded.rename(pending)
+    recorded.write_text(f"{sha256(last.parent / 'step=1.ckpt')}  last.ckpt\n")
+    verify_training_checkpoint(last)
+    assert recorded.read_text().split()[0] == sha256(last) and not pending.exists()
+
+    flip_byte_in_largest_tensor(last)
+    with pytest.raises(ResumeError) as error:
+        train(config, resume=True)
+    message = str(error.value)
+    assert message.startswith(str(last)) and "sha256" in message and "step=2.ckpt" in message
+    assert "last.ckpt.sha256" in message, message
+
+
+def test_resume_with_nothing_to_resume_is_an_error(write_dataset, tmp_path: Path) -> None:
+    from vla.training.run import ResumeError
+
+    root, _ = write_dataset(lengths=(12, 12))
+    config = quick_config(root, tmp_path / "runs", "trainer.max_steps=2")
+    last = config.run_dir / "checkpoints" / "last.ckpt"
+    with pytest.raises(ResumeError, match=f"{last}: no checkpoint to resume from"):
+        train(config, resume=True)
+    assert not last.exists(), "it must not have started a new run instead"
+
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    overrides = [f"data.path={root}", f"output_dir={tmp_path / 'runs'}", *QUICK]
+    assert script.main(["--resume", *overrides]) == 2
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_model_overrides_are_type_checked() -> None:
+    from vla.training.run import model_config_for
+
+    with pytest.raises(ConfigError, match="action_horizon: expected int, got True"):
+        model_config_for(load_config(None, ["model.overrides.action_horizon=true"]))
+    with pytest.raises(ConfigError, match="cameras: expected a list, got 'agentview'"):
+        model_config_for(load_config(None, ["model.overrides.cameras=agentview"]))
+    config = model_config_for(load_config(None, ["model.overrides.cameras=[agentview]"]))
+    assert config.cameras == ("agentview",), "a YAML list becomes the tuple the config holds"
+
+
+@pytest.mark.parametrize("variant", ["png", "video"])
+def test_stats_of_datasets_lerobot_wrote_pass_the_check(variant: str) -> None:
+    """The stats check refuses the wrong, not the real: LeRobot's own stats.json passes."""
+    from data.reader import LeRobotDatasetReader
+    from vla.config import VLAConfig
+    from vla.processor import ProcessorConfig, check_policy_stats
+
+    reader = LeRobotDatasetReader(REPO / "tests" / "fixtures" / "lerobot" / variant)
+    checked = check_policy_stats(
+        reader.stats, "stats.json", VLAConfig.named("tiny"), ProcessorConfig("quantile")
+    )
+    assert checked["action"]["q99"].shape == (7,) and len(checked) == len(reader.stats)

@@ -1,5 +1,10 @@
 """The Lightning pieces: a LightningModule around `VLAModel.compute_loss` and a data module
-around `data.torch_dataset.ActionChunkDataset`."""
+around `data.torch_dataset.ActionChunkDataset`.
+
+A non-finite loss stops the run at that step, before its update, with `NonFiniteTrainingError`
+naming the step; and no checkpoint holding a NaN or inf weight is ever written (the module
+refuses to save one), so `last.ckpt` always holds finite weights from before the failure.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,10 @@ from vla.model import VLAModel
 from vla.processor import Processor
 from vla.training.config import TrainConfig
 from vla.training.frozen_features import FrozenImageFeatures
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """Training produced a NaN or inf loss, or weights: continuing would only train garbage."""
 
 
 class VLATrainingModule(L.LightningModule):
@@ -66,6 +75,7 @@ class VLATrainingModule(L.LightningModule):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(np.random.SeedSequence(step_seed).generate_state(1)[0]))
             losses = self.model.compute_loss(inputs, actions, action_is_pad)
+        self._stop_if_non_finite(losses)
         batch_size = actions.shape[0]
         if not hasattr(self, "flops_per_batch"):
             self.flops_per_batch = self._estimated_flops(inputs, batch_size)
@@ -75,6 +85,40 @@ class VLATrainingModule(L.LightningModule):
             batch_size=batch_size,
         )
         return losses["loss"]
+
+    def _stop_if_non_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        """Raise at the step whose loss is NaN or inf, before its backward pass and update, so
+        the weights stay those of the previous step. Under several processes every rank takes
+        the same decision (one tiny all-reduce), so none is left waiting in a collective."""
+        finite = bool(torch.isfinite(losses["loss"].detach()).all())
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        values = ", ".join(f"{name} = {float(value.detach()):g}" for name, value in losses.items())
+        raise NonFiniteTrainingError(
+            f"step {self.global_step}: training loss is not finite ({values}); stopped before "
+            f"this step's update, and no checkpoint is written after it (the run's last "
+            f"checkpoint, if any, holds finite weights from before). Usual causes: a learning "
+            f"rate too high (optim.lr, optim.warmup_steps), non-finite values in the dataset "
+            f"(`vla-data info DATASET` validates it), or reduced-precision overflow "
+            f"(trainer.precision)."
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse to write a checkpoint whose weights are not finite (a NaN gradient under a
+        finite loss would otherwise be saved, and resumed from)."""
+        bad = [
+            name
+            for name, tensor in checkpoint.get("state_dict", {}).items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+        ]
+        if bad:
+            raise NonFiniteTrainingError(
+                f"step {self.global_step}: the weights hold NaN or inf ({len(bad)} tensor(s), "
+                f"e.g. {bad[0]}); not writing this checkpoint. Resume from the last one "
+                f"(checkpoints/last.ckpt) with a lower optim.lr or a smaller optim.grad_clip."
+            )
 
     def _estimated_flops(self, inputs, batch_size: int) -> int:  # noqa: ANN001
         """Training FLOPs per batch by the 6 * parameters * tokens rule, for the MFU that

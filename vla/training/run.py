@@ -2,8 +2,14 @@
 periodic resumable checkpoints, and the deployable checkpoint exported at the end.
 
 Run directory (`<output_dir>/<name>/`): `resolved_config.yaml`, `tokenizer/`,
-`checkpoints/last.ckpt` (+ periodic ones; Lightning format, for resuming), `logs/` (CSV and
-wandb), and `export/` (DESIGN.md checkpoint: loads with `VLAPolicy.from_pretrained`).
+`checkpoints/last.ckpt` (+ periodic ones; Lightning format, for resuming; each with a
+`<name>.sha256` digest beside it), `logs/` (CSV and wandb), and `export/` (DESIGN.md
+checkpoint: loads with `VLAPolicy.from_pretrained`).
+
+What a run refuses: dataset statistics that `check_policy_stats` rejects (before the first step,
+naming the dataset's meta/stats.json and the key); a non-finite loss (at that step, see
+`vla.training.module`); and on `resume`, a missing last.ckpt or one whose bytes no longer match
+the digest recorded when it was written (`ResumeError`, naming the file and what to do).
 
 The export records the observation spec of the training dataset (each camera's resolution as
 its meta/info.json stores it), so whoever deploys the checkpoint renders what training saw.
@@ -11,9 +17,13 @@ its meta/info.json stores it), so whoever deploys the checkpoint renders what tr
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +31,15 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from data import layout
 from data.features import observation_spec
 from data.reader import LeRobotDatasetReader
 from data.schema import ACTION_KEY, REASONING_FIELDS, REASONING_TEXT_FIELDS, ObservationSpec
+from data.stats import StatsError
 from vla.checkpoint import save_checkpoint
 from vla.config import VLAConfig
-from vla.processor import Processor
+from vla.digest import sha256_file
+from vla.processor import Processor, check_policy_stats
 from vla.tokenizer import load_tokenizer, train_tokenizer
 from vla.training.config import TrainConfig, save_config
 from vla.training.frozen_features import FrozenImageFeatures
@@ -35,20 +48,128 @@ from vla.training.module import VLADataModule, VLATrainingModule
 log = logging.getLogger(__name__)
 
 
+class ResumeError(RuntimeError):
+    """`resume` found no checkpoint to continue from, or one that changed since it was written."""
+
+
+DIGEST_SUFFIX = ".sha256"
+
+
+def digest_path(checkpoint: Path) -> Path:
+    """Where the sha256 of a Lightning checkpoint is recorded: `last.ckpt.sha256`."""
+    return checkpoint.with_name(checkpoint.name + DIGEST_SUFFIX)
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial")
+
+
+def _write_durably(path: Path, data: bytes | memoryview) -> Path:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each Lightning checkpoint to a temporary file and renames it into place, so a run
-    killed mid-write never leaves a truncated `last.ckpt`."""
+    killed mid-write never leaves a truncated `last.ckpt`; and records its sha256 beside it
+    (`last.ckpt.sha256`, `sha256sum -c` format), which `resume` checks before loading it.
+
+    The checkpoint is serialized in memory first, as Lightning's own writer does, so the digest
+    costs no second read of the file. Both temporary files are written before either is renamed;
+    a kill between the two renames leaves the new digest pending in `.last.ckpt.sha256.partial`,
+    which `verify_training_checkpoint` accepts (and renames into place) when it matches.
+    """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.partial")
-        super().save_checkpoint(checkpoint, temporary, storage_options)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        data = buffer.getbuffer()
+        digest = hashlib.sha256(data).hexdigest()
+        checkpoint_file = _write_durably(_partial(path), data)
+        digest_file = _write_durably(
+            _partial(digest_path(path)), f"{digest}  {path.name}\n".encode()
+        )
+        os.replace(checkpoint_file, path)
+        os.replace(digest_file, digest_path(path))
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        super().remove_checkpoint(path)
+        digest_path(Path(path)).unlink(missing_ok=True)
+
+
+def verify_training_checkpoint(path: Path) -> None:
+    """The checkpoint must hold the bytes recorded when it was written; a ResumeError naming
+    it, both digests and the newest intact periodic checkpoint otherwise. One written before
+    digests were recorded is resumed with a warning."""
+    recorded = digest_path(path)
+    if not recorded.is_file():
+        log.warning(
+            "%s: no %s beside it (written before checkpoint digests were recorded); resuming "
+            "without verifying it",
+            path, recorded.name,
+        )  # fmt: skip
+        return
+    expected = _recorded_digest(recorded)
+    actual = sha256_file(path)
+    if actual == expected:
+        return
+    pending = _partial(recorded)
+    if pending.is_file() and _recorded_digest(pending) == actual:  # killed between the renames
+        with contextlib.suppress(FileNotFoundError):  # another rank may have renamed it first
+            os.replace(pending, recorded)
+        return
+    periodic = {
+        int(match[1]): candidate
+        for candidate in path.parent.glob("step=*.ckpt")
+        if (match := re.fullmatch(r"step=(\d+)", candidate.stem))
+    }
+    intact = next(
+        (
+            periodic[step]
+            for step in sorted(periodic, reverse=True)
+            if digest_path(periodic[step]).is_file()
+            and _recorded_digest(digest_path(periodic[step])) == sha256_file(periodic[step])
+        ),
+        None,
+    )
+    fix = (
+        f"To resume from {intact.name}, the newest intact checkpoint, copy it and "
+        f"{digest_path(intact).name} over {path.name} and {recorded.name}"
+        if intact is not None
+        else "No intact periodic checkpoint is left: start the run anew without --resume"
+    )
+    raise ResumeError(
+        f"{path}: sha256 {actual} does not match {expected or 'nothing'}, recorded in "
+        f"{recorded} when it was written: the file changed since (disk corruption, an "
+        f"interrupted copy) and resuming would continue from damaged weights. {fix}."
+    )
+
+
+def _recorded_digest(path: Path) -> str:
+    """The hex digest a `.sha256` file records (its first word)."""
+    return next(iter(path.read_text().split()), "")
+
+
+def resume_checkpoint(run_dir: Path) -> Path:
+    """The verified checkpoint `resume` continues from: the run's last.ckpt."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ResumeError(
+            f"{last}: no checkpoint to resume from (resuming continues the run's last.ckpt; "
+            f"output_dir and name choose the run). Run without --resume to start it anew, or "
+            f"set output_dir/name to the run to continue."
+        )
+    verify_training_checkpoint(last)
+    return last
 
 
 def model_config_for(config: TrainConfig) -> VLAConfig:
@@ -99,11 +220,13 @@ def train(
     because only it may wire the simulator to the policy).
     """
     run_dir = config.run_dir
+    last = resume_checkpoint(run_dir) if resume else None  # before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "resolved_config.yaml")
     L.seed_everything(config.trainer.seed, workers=True)
     model_config = model_config_for(config)
     reader = LeRobotDatasetReader(config.data.path)
+    stats = dataset_stats(reader, model_config, config)
     spec = training_observation_spec(model_config, reader)
     tokenizer = build_tokenizer(config, reader, run_dir / "tokenizer")
     vocabulary = model_config.backbone_config.get("text_config", {}).get("vocab_size")
@@ -112,7 +235,6 @@ def train(
             f"the tokenizer has {len(tokenizer)} tokens but the backbone's vocabulary is {vocabulary}"
         )
     processor_config = config.processor
-    stats = reader.stats
     processor = Processor(model_config, processor_config, stats, tokenizer, spec)
     module = VLATrainingModule(config, model_config, processor)
     if module.encoder_is_frozen:
@@ -146,9 +268,10 @@ def train(
         limit_val_batches=1.0 if config.data.validation_episodes else 0,
         use_distributed_sampler=False,  # the data module builds its own epoch-seeded sampler
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
-    _finish_wandb()
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=None if last is None else str(last))
+    finally:
+        _finish_wandb()  # also when training stopped on an error: the next run gets its own
     export_dir = run_dir / "export"
     if trainer.is_global_zero:
         _write_run_info(run_dir, config, trainer, module)
@@ -171,6 +294,23 @@ def train(
             reasoning_trained=trains_reasoning(config, reader),
         )
     return export_dir
+
+
+def dataset_stats(
+    reader: LeRobotDatasetReader, model_config: VLAConfig, config: TrainConfig
+) -> dict[str, dict[str, Any]]:
+    """The dataset's statistics, checked as a checkpoint's are before a step is trained on them
+    (NaN stats would train to the end with loss = nan and fail only at export)."""
+    try:
+        return check_policy_stats(
+            reader.stats, str(reader.root / layout.STATS_PATH), model_config, config.processor
+        )
+    except StatsError as error:
+        raise StatsError(
+            f"{error}. The statistics are wrong, or so is the data they were computed from: "
+            f"`vla-data info {reader.root}` validates the data, `vla-data stats {reader.root}` "
+            f"recomputes the statistics"
+        ) from None
 
 
 def trains_reasoning(config: TrainConfig, reader: LeRobotDatasetReader) -> bool:
