@@ -156,6 +156,27 @@ def kill_all(pids: list[int]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def assert_children_end(children: list[int], what: str) -> None:
+    """Assert that every one of `children` ends once `what` was killed (killing any survivor
+    afterwards, so a failure leaves no orphans behind)."""
+    survivors = wait_until_gone(children)
+    kill_all(survivors)
+    assert not survivors, f"processes {survivors} outlived the killed {what}"
+
+
+def rewrite_safetensors(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Apply `edit` to the tensors stored in a .safetensors file, keeping its metadata (the
+    callers decide what happens to the checkpoint's manifest)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    edit(tensors)
+    save_file(tensors, str(path), metadata=metadata)
+
+
 # ====================================================================================== policy side
 def fake_inputs(
     config: VLAConfig, batch: int = 3, text_lengths: tuple[int, ...] = (10, 24, 5), seed: int = 0

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fake_inputs
+from conftest import fake_inputs, rewrite_safetensors
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 import vla.checkpoint as checkpoint
 from data.schema import CameraSpec, ObservationSpec
@@ -100,12 +99,7 @@ def rewrite_weights(directory: Path, edit) -> None:
     """Apply `edit` to the stored tensors of a checkpoint, keeping its metadata; the manifest
     is re-recorded, so what fails is the check under test, not the content hash (that one has
     its tests in test_checkpoint_integrity.py)."""
-    path = directory / "model.safetensors"
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-    tensors = load_file(str(path))
-    edit(tensors)
-    save_file(tensors, str(path), metadata=metadata)
+    rewrite_safetensors(directory / "model.safetensors", edit)
     record_manifest(directory)
 
 

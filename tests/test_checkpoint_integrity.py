@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TASKS, dataset_stats
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from conftest import TASKS, dataset_stats, rewrite_safetensors
 
 import vla.checkpoint as checkpoint
 from vla.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -138,12 +136,7 @@ def test_checkpoint_without_a_manifest_loads_with_one_note_and_can_be_given_one(
 
 # ====================================================================================== weights
 def rewrite_weights(directory: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> None:
-    path = directory / "model.safetensors"
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-    tensors = load_file(str(path))
-    edit(tensors)
-    save_file(tensors, str(path), metadata=metadata)
+    rewrite_safetensors(directory / "model.safetensors", edit)
     as_legacy(directory)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import child_pids, kill_all, wait_until_gone
+from conftest import assert_children_end, child_pids
 
 from data.reader import LeRobotDatasetReader
 from data.reasoning import Reasoning
@@ -189,6 +189,4 @@ def test_generation_workers_exit_when_the_command_is_killed(tmp_path: Path) -> N
     finally:
         parent.kill()
         parent.wait()
-    survivors = wait_until_gone(children)
-    kill_all(survivors)
-    assert not survivors, f"processes {survivors} outlived the killed vla-data {parent.pid}"
+    assert_children_end(children, f"vla-data generate {parent.pid}")

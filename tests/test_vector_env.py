@@ -17,7 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import child_pids, kill_all, wait_until_gone
+from conftest import assert_children_end, child_pids
 from gymnasium import spaces
 
 from sim.vector import EnvCrashedError, EnvResult, SubprocVectorEnv, make_vector_env
@@ -384,6 +384,4 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait()
-    survivors = wait_until_gone(children)
-    kill_all(survivors)
-    assert not survivors, f"processes {survivors} outlived their killed parent {parent.pid}"
+    assert_children_end(children, f"parent {parent.pid}")
