@@ -32,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
     from data.stats import StatsError
+    from vla.training.checkpoint_io import ResumeError
     from vla.training.config import ConfigError, load_config
     from vla.training.module import NonFiniteTrainingError
-    from vla.training.run import ResumeError, train
+    from vla.training.run import train
 
     try:
         config = load_config(args.config, args.overrides)

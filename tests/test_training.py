@@ -255,7 +255,7 @@ def flip_byte_in_largest_tensor(path: Path) -> None:
 
 
 def test_flipped_byte_in_last_ckpt_is_refused_on_resume(write_dataset, tmp_path: Path) -> None:
-    from vla.training.run import ResumeError, verify_training_checkpoint
+    from vla.training.checkpoint_io import ResumeError, verify_training_checkpoint
 
     root, _ = write_dataset(lengths=(12, 12))
     train(quick_config(root, tmp_path / "runs", "trainer.max_steps=2"))
@@ -280,7 +280,7 @@ def test_flipped_byte_in_last_ckpt_is_refused_on_resume(write_dataset, tmp_path:
 
 
 def test_resume_with_nothing_to_resume_is_an_error(write_dataset, tmp_path: Path) -> None:
-    from vla.training.run import ResumeError
+    from vla.training.checkpoint_io import ResumeError
 
     root, _ = write_dataset(lengths=(12, 12))
     config = quick_config(root, tmp_path / "runs", "trainer.max_steps=2")

@@ -9,7 +9,8 @@ checkpoint: loads with `VLAPolicy.from_pretrained`).
 What a run refuses: dataset statistics that `check_policy_stats` rejects (before the first step,
 naming the dataset's meta/stats.json and the key); a non-finite loss (at that step, see
 `vla.training.module`); and on `resume`, a missing last.ckpt or one whose bytes no longer match
-the digest recorded when it was written (`ResumeError`, naming the file and what to do).
+the digest recorded when it was written (`ResumeError`, naming the file and what to do; see
+`vla.training.checkpoint_io`).
 
 The export records the observation spec of the training dataset (each camera's resolution as
 its meta/info.json stores it), so whoever deploys the checkpoint renders what training saw.
@@ -17,19 +18,14 @@ its meta/info.json stores it), so whoever deploys the checkpoint renders what tr
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from data import layout
 from data.features import observation_spec
@@ -38,138 +34,14 @@ from data.schema import ACTION_KEY, REASONING_FIELDS, REASONING_TEXT_FIELDS, Obs
 from data.stats import StatsError
 from vla.checkpoint import save_checkpoint
 from vla.config import VLAConfig
-from vla.digest import sha256_file
 from vla.processor import Processor, check_policy_stats
 from vla.tokenizer import load_tokenizer, train_tokenizer
+from vla.training.checkpoint_io import AtomicCheckpointIO, resume_checkpoint
 from vla.training.config import TrainConfig, save_config
 from vla.training.frozen_features import FrozenImageFeatures
 from vla.training.module import VLADataModule, VLATrainingModule
 
 log = logging.getLogger(__name__)
-
-
-class ResumeError(RuntimeError):
-    """`resume` found no checkpoint to continue from, or one that changed since it was written."""
-
-
-DIGEST_SUFFIX = ".sha256"
-
-
-def digest_path(checkpoint: Path) -> Path:
-    """Where the sha256 of a Lightning checkpoint is recorded: `last.ckpt.sha256`."""
-    return checkpoint.with_name(checkpoint.name + DIGEST_SUFFIX)
-
-
-def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
-
-
-def _write_durably(path: Path, data: bytes | memoryview) -> Path:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return path
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each Lightning checkpoint to a temporary file and renames it into place, so a run
-    killed mid-write never leaves a truncated `last.ckpt`; and records its sha256 beside it
-    (`last.ckpt.sha256`, `sha256sum -c` format), which `resume` checks before loading it.
-
-    The checkpoint is serialized in memory first, as Lightning's own writer does, so the digest
-    costs no second read of the file. Both temporary files are written before either is renamed;
-    a kill between the two renames leaves the new digest pending in `.last.ckpt.sha256.partial`,
-    which `verify_training_checkpoint` accepts (and renames into place) when it matches.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
-    ) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        data = buffer.getbuffer()
-        digest = hashlib.sha256(data).hexdigest()
-        checkpoint_file = _write_durably(_partial(path), data)
-        digest_file = _write_durably(
-            _partial(digest_path(path)), f"{digest}  {path.name}\n".encode()
-        )
-        os.replace(checkpoint_file, path)
-        os.replace(digest_file, digest_path(path))
-
-    def remove_checkpoint(self, path: str | Path) -> None:
-        super().remove_checkpoint(path)
-        digest_path(Path(path)).unlink(missing_ok=True)
-
-
-def verify_training_checkpoint(path: Path) -> None:
-    """The checkpoint must hold the bytes recorded when it was written; a ResumeError naming
-    it, both digests and the newest intact periodic checkpoint otherwise. One written before
-    digests were recorded is resumed with a warning."""
-    recorded = digest_path(path)
-    if not recorded.is_file():
-        log.warning(
-            "%s: no %s beside it (written before checkpoint digests were recorded); resuming "
-            "without verifying it",
-            path, recorded.name,
-        )  # fmt: skip
-        return
-    expected = _recorded_digest(recorded)
-    actual = sha256_file(path)
-    if actual == expected:
-        return
-    pending = _partial(recorded)
-    if pending.is_file() and _recorded_digest(pending) == actual:  # killed between the renames
-        with contextlib.suppress(FileNotFoundError):  # another rank may have renamed it first
-            os.replace(pending, recorded)
-        return
-    periodic = {
-        int(match[1]): candidate
-        for candidate in path.parent.glob("step=*.ckpt")
-        if (match := re.fullmatch(r"step=(\d+)", candidate.stem))
-    }
-    intact = next(
-        (
-            periodic[step]
-            for step in sorted(periodic, reverse=True)
-            if digest_path(periodic[step]).is_file()
-            and _recorded_digest(digest_path(periodic[step])) == sha256_file(periodic[step])
-        ),
-        None,
-    )
-    fix = (
-        f"To resume from {intact.name}, the newest intact checkpoint, copy it and "
-        f"{digest_path(intact).name} over {path.name} and {recorded.name}"
-        if intact is not None
-        else "No intact periodic checkpoint is left: start the run anew without --resume"
-    )
-    raise ResumeError(
-        f"{path}: sha256 {actual} does not match {expected or 'nothing'}, recorded in "
-        f"{recorded} when it was written: the file changed since (disk corruption, an "
-        f"interrupted copy) and resuming would continue from damaged weights. {fix}."
-    )
-
-
-def _recorded_digest(path: Path) -> str:
-    """The hex digest a `.sha256` file records (its first word)."""
-    return next(iter(path.read_text().split()), "")
-
-
-def resume_checkpoint(run_dir: Path) -> Path:
-    """The verified checkpoint `resume` continues from: the run's last.ckpt."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise ResumeError(
-            f"{last}: no checkpoint to resume from (resuming continues the run's last.ckpt; "
-            f"output_dir and name choose the run). Run without --resume to start it anew, or "
-            f"set output_dir/name to the run to continue."
-        )
-    verify_training_checkpoint(last)
-    return last
 
 
 def model_config_for(config: TrainConfig) -> VLAConfig:
