@@ -134,6 +134,22 @@ def test_checkpoint_without_a_manifest_loads_with_one_note_and_can_be_given_one(
     assert load_error(copy).startswith(str(copy / "model.safetensors"))
 
 
+def test_vla_verify_reports_a_sound_checkpoint_and_names_a_damaged_file(
+    copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vla.cli import main as vla_main
+
+    assert vla_main(["verify", "--checkpoint", str(copy)]) == 0
+    assert "valid (every file matches manifest.json" in capsys.readouterr().out
+    flip_bit_in_tensor_data(copy / "model.safetensors")
+    assert vla_main(["verify", "--checkpoint", str(copy)]) == 1
+    assert f"invalid: {copy / 'model.safetensors'}" in capsys.readouterr().err
+    as_legacy(copy)  # a copy the user decided to trust as it is
+    assert vla_main(["verify", "--checkpoint", str(copy), "--record-manifest"]) == 0
+    assert (copy / "manifest.json").is_file()
+    assert vla_main(["verify", "--checkpoint", str(copy)]) == 0
+
+
 # ====================================================================================== weights
 def rewrite_weights(directory: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> None:
     rewrite_safetensors(directory / "model.safetensors", edit)

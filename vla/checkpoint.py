@@ -509,8 +509,8 @@ def verify_manifest(directory: Path) -> str | None:
         return (
             f"{directory}: no {MANIFEST_FILE} (exported before checkpoints recorded content "
             f"hashes), so its files are loaded unverified. Once you trust this copy, record "
-            f'them with: python -c "from vla.checkpoint import record_manifest; '
-            f"record_manifest('{directory}')\""
+            f"them with `vla verify --checkpoint {directory} --record-manifest` (or "
+            f"record_manifest('{directory}') from vla.checkpoint)"
         )
     _check_regular(path, directory, want_directory=False)
     recorded = _read_manifest(path)

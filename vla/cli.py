@@ -4,6 +4,8 @@
               [--max-queue 32] [--idle-timeout-s 60] [--action-range-margin 1.0]
               [--allow-unauthenticated]
 
+    vla verify --checkpoint DIR [--record-manifest]
+
 `start_server_process` runs `vla serve` as a child process (what the deploy demo, the tests and
 the latency benchmark do). The demo with the simulator standing in for the robot is
 `deploy_demo.py` at the repository root: it wires `sim` and `vla`, which `vla` itself never does.
@@ -76,12 +78,44 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow a non-loopback --host without a token (only on a trusted network)",
     )
+    verify = commands.add_parser(
+        "verify",
+        help="check a checkpoint as loading does (content hashes, config types, stats, weights)",
+    )
+    verify.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
+    verify.add_argument(
+        "--record-manifest",
+        action="store_true",
+        help="first record manifest.json for a checkpoint exported without one (only on a copy "
+        "you trust: it blesses the files as they are)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "verify":
+        return verify(args)
     return serve(args)
+
+
+def verify(args: argparse.Namespace) -> int:
+    """Load a checkpoint the way `vla serve` does (every check of `load_checkpoint`) and say so."""
+    from vla.checkpoint import CheckpointError, load_checkpoint, record_manifest
+
+    if args.record_manifest:
+        print(f"recorded {record_manifest(args.checkpoint)}")
+    try:
+        loaded = load_checkpoint(args.checkpoint)
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        print(f"invalid: {error}", file=sys.stderr)
+        return 1
+    parameters = sum(p.numel() for p in loaded.model.parameters())
+    print(
+        f"{args.checkpoint}: valid ({loaded.manifest_note or 'every file matches manifest.json'}; "
+        f"config, stats and {parameters:,} finite weights checked)"
+    )
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
