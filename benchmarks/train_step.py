@@ -8,9 +8,10 @@ can afford in its time budget:
   but run live on every step, and fine-tuned (`vision_lr_scale=0.1`: forward and backward);
 - act-only training (`processor.reasoning_dropout=1.0`) vs reasoning dropout 0.5 (half the
   batch carries a 100-token chain, the quickstart's length), the latter both as two passes
-  (items with and without a chain, the default) and as one padded pass.
+  (items with and without a chain, the default) and as one padded pass;
+- fp32 vs bf16 autocast (`trainer.precision=bf16-mixed`) for the quickstart's configuration.
 
-    .venv/bin/python benchmarks/train_step.py [--batch-size 32] [--repeats 8]
+    .venv/bin/python benchmarks/train_step.py [--batch-size 32] [--repeats 8] [--only TEXT]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Variant:
     vision: str  # "trained" | "features" | "frozen-live" | "fine-tuned"
     thinking_fraction: float  # share of the batch with a chain (1 - reasoning dropout)
     split_reasoning: bool = True
+    bf16: bool = False  # forward and loss under torch.autocast(bfloat16), as bf16-mixed does
 
 
 VARIANTS = (
@@ -58,6 +60,20 @@ VARIANTS = (
         "tiny-effnet frozen, encoder run every step, act-only", "tiny-effnet", "frozen-live", 0.0
     ),
     Variant("tiny-effnet fine-tuned, act-only", "tiny-effnet", "fine-tuned", 0.0),
+    Variant(
+        "tiny-effnet frozen, features once, act-only, bf16-mixed",
+        "tiny-effnet",
+        "features",
+        0.0,
+        bf16=True,
+    ),
+    Variant(
+        "tiny-effnet frozen, features once, dropout 0.5, bf16-mixed",
+        "tiny-effnet",
+        "features",
+        0.5,
+        bf16=True,
+    ),
 )
 
 
@@ -108,7 +124,9 @@ def step_seconds(variant: Variant, batch_size: int, repeats: int) -> float:
     times = []
     for index in range(repeats + 2):
         started = time.perf_counter()
-        loss = model.compute_loss(inputs, actions, split_reasoning=variant.split_reasoning)["loss"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.bf16):
+            loss = model.compute_loss(inputs, actions, split_reasoning=variant.split_reasoning)
+        loss = loss["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -121,9 +139,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument(
+        "--only",
+        help="run the variants whose label contains this text (and the first, the reference)",
+    )
     args = parser.parse_args()
     print(f"machine: {machine_description()}; torch threads {torch.get_num_threads()}")
-    rows = {variant: step_seconds(variant, args.batch_size, args.repeats) for variant in VARIANTS}
+    chosen = [v for v in VARIANTS if args.only is None or args.only in v.label or v is VARIANTS[0]]
+    rows = {variant: step_seconds(variant, args.batch_size, args.repeats) for variant in chosen}
     reference = rows[VARIANTS[0]]
     print(f"| variant | ms per step (batch {args.batch_size}) | vs tiny-fast act-only |")
     print("| --- | ---: | ---: |")
