@@ -67,7 +67,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     config = VLAConfig.named(args.config, max_reasoning_tokens=args.reasoning_tokens)
-    model = VLAModel(config).to(args.device, dtype).eval()
+    model = VLAModel.build(config, args.device, dtype).eval()  # never an fp32 copy first
     steps = config.num_inference_steps
     print(f"machine: {machine_description()}")
     print(

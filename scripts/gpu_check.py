@@ -117,17 +117,9 @@ def gpu_tests() -> dict[str, Any]:
 
 
 def build(config_name: str, device: str, dtype: torch.dtype, **overrides: Any) -> VLAModel:
-    """The model built directly on `device` in `dtype` (never an fp32 copy first: a pi0-size
-    model is 13 GB in fp32)."""
-    config = VLAConfig.named(config_name, **overrides)
-    default = torch.get_default_dtype()
+    """The named config's model, random weights, built directly on `device` in `dtype`."""
     torch.manual_seed(0)
-    try:
-        torch.set_default_dtype(dtype)
-        with torch.device(device):
-            return VLAModel(config)
-    finally:
-        torch.set_default_dtype(default)
+    return VLAModel.build(VLAConfig.named(config_name, **overrides), device, dtype)
 
 
 def inputs_for(config: VLAConfig, batch: int, device: str, dtype: torch.dtype) -> ModelInputs:

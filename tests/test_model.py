@@ -235,3 +235,24 @@ def test_ddpm_scheduler_samples_finite_chunks() -> None:
     assert type(model.scheduler).__name__ == "DDPMScheduler"
     with pytest.raises(ValueError, match="'ddim' or 'ddpm'"):
         VLAConfig.named("tiny", diffusion_scheduler="euler")
+
+
+def test_build_creates_the_model_directly_in_the_requested_dtype() -> None:
+    """`VLAModel.build` never materializes fp32 weights first (the pi0-size config would need
+    13 GB for them): every parameter is created in bf16, and the model runs."""
+    config = VLAConfig.named("tiny")
+    model = VLAModel.build(config, "cpu", torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in VLAModel(config).parameters()
+    )
+    assert torch.get_default_dtype() == torch.float32, "the default dtype is restored"
+    inputs = fake_inputs(config, batch=2, text_lengths=(5, 9))
+    inputs = ModelInputs(
+        images={k: v.bfloat16() for k, v in inputs.images.items()},
+        text_ids=inputs.text_ids,
+        text_mask=inputs.text_mask,
+        state=inputs.state.bfloat16(),
+    )
+    actions = model.eval().sample_actions(inputs)
+    assert actions.dtype == torch.bfloat16 and torch.isfinite(actions).all()

@@ -130,6 +130,21 @@ class VLAModel(nn.Module):
                 clip_sample=False,
             )
 
+    @classmethod
+    def build(
+        cls, config: VLAConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> VLAModel:
+        """The model created directly on `device` in `dtype`: no fp32 copy on the CPU first,
+        which for the pi0-size config (3.2B parameters) would need 13 GB before converting."""
+        default = torch.get_default_dtype()
+        try:
+            if dtype is not None:
+                torch.set_default_dtype(dtype)
+            with torch.device(device):
+                return cls(config)
+        finally:
+            torch.set_default_dtype(default)
+
     # ------------------------------------------------------------------ prefix
     def embed_prefix(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prefix tokens (B, P, D), the mask of real tokens (B, P) and of causal ones (B, P)."""
