@@ -38,6 +38,26 @@ def rate(work: Callable[[], int], min_seconds: float = 3.0) -> float:
     return done / (time.perf_counter() - start)
 
 
+def median_seconds(function: Callable[[], Any], repeats: int, device: str = "cpu") -> float:
+    """Median seconds of `function()` over `repeats` runs after one warm-up, synchronizing CUDA
+    around each run so a GPU's asynchronous kernels are counted."""
+    import statistics
+
+    import torch
+
+    function()
+    samples = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
 def observation_from_sample(sample: Mapping[str, Any], cameras: Sequence[str]) -> dict[str, Any]:
     """An `ActionChunkDataset` sample as the observation a policy is sent: the cameras' images
     (H x W x 3 uint8, already an observation's layout), the state and the task, as numpy."""

@@ -15,34 +15,18 @@ per-block schedule), with the feature-cached actions' error against the uncached
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description  # noqa: E402
+from common import median_seconds as timed  # noqa: E402
 
 from vla.config import VLAConfig  # noqa: E402
 from vla.feature_cache import FeatureCache, adaptive_schedule, uniform_schedule  # noqa: E402
 from vla.model import ModelInputs, VLAModel, profile_block_features  # noqa: E402
-
-
-def timed(function, repeats: int, device: str) -> float:  # noqa: ANN001
-    """Median seconds of `function()` over `repeats` runs after one warm-up."""
-    function()
-    samples = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def to_device(inputs: ModelInputs, device: str, dtype: torch.dtype) -> ModelInputs:

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +36,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import median_seconds  # noqa: E402
 
 from vla.config import VLAConfig  # noqa: E402
 from vla.model import ModelInputs, VLAModel  # noqa: E402
@@ -136,17 +138,7 @@ def inputs_for(config: VLAConfig, batch: int, device: str, dtype: torch.dtype) -
 
 def timed_ms(work: Callable[[], Any], repeats: int, device: str) -> float:
     """Median milliseconds of `work()` over `repeats` runs after one warm-up."""
-    work()
-    samples = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        work()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        samples.append((time.perf_counter() - started) * 1e3)
-    return round(statistics.median(samples), 3)
+    return round(median_seconds(work, repeats, device) * 1e3, 3)
 
 
 def latency(config_name: str, device: str, repeats: int) -> dict[str, Any]:
