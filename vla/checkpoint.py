@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from data.features import Feature, observation_spec
@@ -283,11 +283,16 @@ def _processor_config(processor: Any, source: str) -> ProcessorConfig:
 
 def _refuse_non_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
     """NaN or inf in a weight is corruption or a diverged run: it would serve garbage."""
-    bad = [
-        name
-        for name, tensor in tensors.items()
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
-    ]
+    _refuse_non_finite_names(
+        [name for name, tensor in tensors.items() if _non_finite(tensor)], source
+    )
+
+
+def _non_finite(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+
+
+def _refuse_non_finite_names(bad: list[str], source: str) -> None:
     if bad:
         raise CheckpointError(
             f"{source}: non-finite values (NaN or inf) in {len(bad)} tensor(s): "
@@ -391,9 +396,10 @@ def load_checkpoint(directory: Path, device: str = "cpu") -> LoadedCheckpoint:
     spec, note = _read_observation_spec(payload, config, directory, train_config)
     if note is not None:
         log.warning(note)
-    model = _build_model(config, directory / CONFIG_FILE)
-    _load_weights(model, directory / WEIGHTS_FILE)
-    model.to(device).eval()
+    weights = directory / WEIGHTS_FILE
+    model = _build_model(config, directory / CONFIG_FILE, device, _stored_dtype(weights))
+    _load_weights(model, weights, device)
+    model.eval()
     tokenizer_dir = directory / TOKENIZER_DIR
     return LoadedCheckpoint(
         directory=directory,
@@ -722,34 +728,52 @@ def _read_train_config(path: Path) -> dict[str, Any] | None:
     return payload
 
 
-def _build_model(config: VLAConfig, config_path: Path) -> VLAModel:
-    """The config must describe a buildable model without downloads; say which file if not."""
+def _build_model(
+    config: VLAConfig, config_path: Path, device: str = "cpu", dtype: torch.dtype | None = None
+) -> VLAModel:
+    """The config must describe a buildable model without downloads; say which file if not.
+
+    Built directly on `device` in the weights' `dtype`: an fp32 CPU copy first would need twice
+    the memory of bf16 weights (13 GB for the pi0-size config) before anything is loaded."""
     try:
-        return VLAModel(config)
+        return VLAModel.build(config, device, dtype)
     except (KeyError, ValueError, TypeError, OSError) as error:
         raise CheckpointError(
             f"{config_path}: cannot build the model it describes: {error}"
         ) from error
 
 
-def _load_weights(model: VLAModel, path: Path) -> None:
-    """Validate names and shapes against the fresh model, then load strictly."""
+def _stored_dtype(path: Path) -> torch.dtype | None:
+    """The one floating dtype of every stored tensor, or None when they differ."""
+    _, dtypes, _ = _read_header(path)
+    floating = {dtype for dtype in dtypes.values() if dtype.is_floating_point}
+    return floating.pop() if len(floating) == 1 else None
+
+
+def _load_weights(model: VLAModel, path: Path, device: str = "cpu") -> None:
+    """Validate names and shapes against the fresh model, then copy the file's tensors into it
+    one at a time, on `device`: the peak is the model plus one tensor, never a second copy of
+    every weight."""
     shapes, dtypes, aliases = _read_header(path)
-    expected = model.state_dict()
-    ties = _model_ties(expected)
-    _validate(path, expected, shapes, aliases, ties)
+    ties = _model_ties(model.state_dict())
+    _validate(path, model.state_dict(), shapes, aliases, ties)
+    _match_dtypes(model, dtypes)
+    stored_names = shapes.keys() | aliases.keys()  # a tie the file does not record shares storage
+    non_finite = []
     try:
-        stored = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device=str(device)) as handle, torch.no_grad():
+            for name, target in model.state_dict().items():
+                if name not in stored_names:
+                    continue  # a tied partner of a stored tensor: filled through the tie
+                tensor = handle.get_tensor(aliases.get(name, name))
+                if _non_finite(tensor):
+                    non_finite.append(name)
+                target.copy_(tensor)
     except Exception as error:  # safetensors raises its own error types for damaged data
         raise CheckpointError(
             f"{path}: cannot read tensors ({error}); truncated or corrupt?"
         ) from error
-    _refuse_non_finite(stored, str(path))
-    full = {name: stored[aliases.get(name, name)] for name in shapes.keys() | aliases.keys()}
-    for name, group in ties.items():  # a tie the file does not record: load it from its partner
-        full.setdefault(name, full[next(n for n in group if n in full)])
-    _match_dtypes(model, dtypes)
-    model.load_state_dict(full, strict=True)
+    _refuse_non_finite_names(non_finite, str(path))
 
 
 def _read_header(
