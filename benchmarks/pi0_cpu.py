@@ -1,0 +1,99 @@
+"""The pi0-size config on this CPU: it builds in bf16 within its memory, one chunk runs, and one
+training step runs with activation checkpointing and LoRA on the backbone.
+
+What a GPU window cannot afford to find out: whether the 3.2B-parameter config builds, what one
+chunk costs and where (prefix vs denoising), and whether a training step fits in memory. Random
+weights; 2 views at the config's resolution, horizon 50, 10 flow steps, batch 1. Peak RSS is the
+process's high-water mark after each stage (it only grows).
+
+    .venv/bin/python benchmarks/pi0_cpu.py [--skip-train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_description, median_seconds  # noqa: E402
+
+from vla.config import VLAConfig  # noqa: E402
+from vla.model import ModelInputs, VLAModel  # noqa: E402
+from vla.training.lora import add_lora  # noqa: E402
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+
+
+def bf16_inputs(config: VLAConfig, batch: int) -> ModelInputs:
+    fake = ModelInputs.fake(config, batch=batch, text_lengths=(16,) * batch)
+    return ModelInputs(
+        images={camera: pixels.bfloat16() for camera, pixels in fake.images.items()},
+        text_ids=fake.text_ids,
+        text_mask=fake.text_mask,
+        state=fake.state.bfloat16(),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--lora-rank", type=int, default=16)
+    args = parser.parse_args()
+    print(f"machine: {machine_description()}; torch threads {torch.get_num_threads()}")
+    torch.manual_seed(0)
+    config = VLAConfig.named("pi0", action_horizon=50, num_inference_steps=10)
+    started = time.perf_counter()
+    model = VLAModel.build(config, "cpu", torch.bfloat16).eval()
+    parameters = sum(p.numel() for p in model.parameters())
+    expert = sum(p.numel() for p in model.expert.parameters())
+    print(
+        f"build: {parameters / 1e6:.0f}M parameters (expert {expert / 1e6:.0f}M), bf16, "
+        f"{time.perf_counter() - started:.0f} s, peak RSS {peak_rss_gib():.1f} GiB"
+    )
+
+    inputs = bf16_inputs(config, batch=1)
+    noise = torch.randn(1, 50, config.action_dim, dtype=torch.bfloat16)
+    with torch.no_grad():
+        prefix = median_seconds(lambda: model.encode_prefix(inputs), repeats=2)
+        chunk = median_seconds(lambda: model.sample_actions(inputs, noise=noise), repeats=2)
+        actions = model.sample_actions(inputs, noise=noise)
+    assert torch.isfinite(actions).all()
+    print(
+        f"chunk (batch 1, KV cache, 10 steps): {chunk:.2f} s, of which the prefix {prefix:.2f} s "
+        f"({prefix / chunk:.0%}); peak RSS {peak_rss_gib():.1f} GiB"
+    )
+    if args.skip_train:
+        return
+
+    assert config.activation_checkpointing  # the pi0 config trains with it
+    trainable = add_lora(model.backbone, rank=args.lora_rank, alpha=2 * args.lora_rank)
+    trainable_total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    model.train()
+    batch = bf16_inputs(config, batch=2)
+    targets = torch.randn(2, 50, config.action_dim, dtype=torch.bfloat16)
+    started = time.perf_counter()
+    loss = model.compute_loss(batch, targets)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    seconds = time.perf_counter() - started
+    assert torch.isfinite(loss)
+    print(
+        f"training step (batch 2, LoRA rank {args.lora_rank} on the backbone: {trainable / 1e6:.1f}M "
+        f"adapter parameters, {trainable_total / 1e6:.0f}M trainable with the expert; activation "
+        f"checkpointing): {seconds:.1f} s, loss {loss.item():.3f}, peak RSS {peak_rss_gib():.1f} GiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
