@@ -10,8 +10,8 @@ keeps this script from rotting):
   environment  torch/CUDA versions, the device, its memory
   gpu_tests    the `gpu`-marked tests (pytest subprocess)
   latency      chunk latency per config at batch 1 and 8, 2 views, horizon 50, 10 flow steps:
-               no KV cache, prefix KV cache, and torch.compile of the denoising step (CUDA-graph
-               replay is not implemented yet: recorded as such)
+               eager without and with the prefix KV cache, and the fast paths (static, compile,
+               and on CUDA graph and compile-graph), each with its deviation from eager
   train_step   one bf16 (fp32 on CPU) training step: seconds, samples/s, MFU on known GPUs
   ddp          two-process DDP, when the machine has two or more GPUs
 
@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from common import median_seconds  # noqa: E402
 
 from vla.config import VLAConfig  # noqa: E402
+from vla.fast_path import FastSampler  # noqa: E402
 from vla.model import ModelInputs, VLAModel  # noqa: E402
 
 RESULTS_FILE = "gpu_check.json"
@@ -111,7 +112,7 @@ def environment(device: str) -> dict[str, Any]:
 def gpu_tests() -> dict[str, Any]:
     """The `gpu`-marked tests (only the files that hold them: the others import the simulator,
     which the GPU machine lacks)."""
-    files = ["tests/test_model.py", "tests/test_checkpoint.py"]
+    files = ["tests/test_model.py", "tests/test_checkpoint.py", "tests/test_fast_path.py"]
     command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
@@ -142,7 +143,9 @@ def timed_ms(work: Callable[[], Any], repeats: int, device: str) -> float:
 
 
 def latency(config_name: str, device: str, repeats: int) -> dict[str, Any]:
-    """Chunk latency with 2 views, horizon 50, 10 flow steps, at batch 1 and 8."""
+    """Chunk latency with 2 views, horizon 50, 10 flow steps, at batch 1 and 8: the eager
+    reference without and with the prefix KV cache, and every fast path (vla/fast_path.py) with
+    its largest deviation from eager on the same inputs and noise."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = build(config_name, device, dtype, action_horizon=50, num_inference_steps=10).eval()
     config = model.config
@@ -150,13 +153,33 @@ def latency(config_name: str, device: str, repeats: int) -> dict[str, Any]:
         "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "dtype": str(dtype).removeprefix("torch."),
         "cameras": list(config.cameras),
-        "cuda_graph": "not implemented yet (issue 16's fast path)",
     }
+    # one sampler per mode for the whole stage: graphs are captured per batch size, and the
+    # compiled step is compiled once per shape
+    graph_modes = ("graph", "compile-graph") if device == "cuda" else ()
+    samplers = {mode: FastSampler(model, mode) for mode in ("static", *graph_modes)}
+    compiled = FastSampler(model, "compile") if not graph_modes else samplers["compile-graph"]
     for batch in (1, 8):
         inputs = inputs_for(config, batch, device, dtype)
         noise = torch.randn(batch, 50, config.action_dim, device=device, dtype=dtype)
-        rows[f"batch_{batch}"] = chunk_latency(model, inputs, noise, repeats, device)
-    rows["compile"] = compiled_latency(model, device, dtype, repeats)
+        row = chunk_latency(model, inputs, noise, repeats, device)
+        with torch.no_grad():
+            eager = model.sample_actions(inputs, noise=noise)
+        fast = {mode: sampler.sample for mode, sampler in samplers.items()}
+        fast["compile"] = compiled._chunk  # the compiled step without a graph around it
+        for mode, sample in fast.items():
+            started = time.perf_counter()
+            with torch.no_grad():
+                first = sample(inputs, noise)  # capture / compilation happen here
+            row[f"{mode}_first_call_s"] = round(time.perf_counter() - started, 2)
+            row[f"{mode}_ms"] = timed_ms(
+                lambda s=sample, x=inputs, n=noise: s(x, n), repeats, device
+            )
+            row[f"{mode}_max_abs_diff_vs_eager"] = float((first - eager).abs().max())
+        best = min(row[f"{mode}_ms"] for mode in fast)
+        row["fastest_ms"] = best
+        row["speedup_vs_kv_cache"] = round(row["kv_cache_ms"] / best, 2)
+        rows[f"batch_{batch}"] = row
     return rows
 
 
@@ -164,7 +187,7 @@ def latency(config_name: str, device: str, repeats: int) -> dict[str, Any]:
 def chunk_latency(
     model: VLAModel, inputs: ModelInputs, noise: torch.Tensor, repeats: int, device: str
 ) -> dict[str, float]:
-    """Milliseconds of one chunk without and with the prefix KV cache, and of the prefix alone."""
+    """Milliseconds of one eager chunk without and with the prefix KV cache, and of the prefix."""
     return {
         "eager_no_cache_ms": timed_ms(
             lambda: model.sample_actions(inputs, noise=noise, use_cache=False), repeats, device
@@ -172,27 +195,6 @@ def chunk_latency(
         "kv_cache_ms": timed_ms(lambda: model.sample_actions(inputs, noise=noise), repeats, device),
         "prefix_ms": timed_ms(lambda: model.encode_prefix(inputs), repeats, device),
     }
-
-
-def compiled_latency(model: VLAModel, device: str, dtype: torch.dtype, repeats: int) -> Any:
-    """The KV-cache chunk with its denoising step under torch.compile, and its largest deviation
-    from eager (same noise)."""
-    inputs = inputs_for(model.config, 1, device, dtype)
-    noise = torch.randn(1, 50, model.config.action_dim, device=device, dtype=dtype)
-    with torch.no_grad():
-        eager = model.sample_actions(inputs, noise=noise)
-        # one denoising step (suffix embedding, expert layers over the prefix cache, readout)
-        model.predict_with_cache = torch.compile(model.predict_with_cache)
-        started = time.perf_counter()
-        compiled = model.sample_actions(inputs, noise=noise)
-        compile_s = time.perf_counter() - started
-        return {
-            "batch_1_kv_cache_ms": timed_ms(
-                lambda: model.sample_actions(inputs, noise=noise), repeats, device
-            ),
-            "first_call_s": round(compile_s, 2),
-            "max_abs_diff_vs_eager": float((compiled - eager).abs().max()),
-        }
 
 
 def train_step(config_name: str, device: str, repeats: int) -> dict[str, Any]:

@@ -36,9 +36,12 @@ def test_cpu_smoke_run_writes_every_stage_with_finite_numbers(tmp_path: Path) ->
     latency = stages["latency_tiny"]["result"]
     for batch in ("batch_1", "batch_8"):
         row = latency[batch]
-        assert all(math.isfinite(row[key]) and row[key] > 0 for key in row), row
-    compiled = latency["compile"]
-    assert compiled["batch_1_kv_cache_ms"] > 0 and compiled["max_abs_diff_vs_eager"] < 1e-4
+        timings = {key: value for key, value in row.items() if key.endswith("_ms")}
+        assert all(math.isfinite(value) and value > 0 for value in timings.values()), row
+        assert {"static_ms", "compile_ms", "kv_cache_ms"} <= set(timings)
+        # fp32 on the CPU: the fast paths compute eager's chunk up to reassociation
+        assert row["static_max_abs_diff_vs_eager"] < 1e-4, row
+        assert row["compile_max_abs_diff_vs_eager"] < 1e-4, row
     step = stages["train_step_tiny"]["result"]
     assert step["samples_per_s"] > 0 and step["mfu"] is None  # no peak known for a CPU
     assert "skipped" in stages["ddp"]["result"]

@@ -54,7 +54,7 @@ def prefix_positions(mask: torch.Tensor) -> torch.Tensor:
     return (torch.cumsum(mask.long(), dim=1) - 1).clamp(min=0)
 
 
-def _project(
+def project_qkv(
     layer: nn.Module,
     hidden: torch.Tensor,
     cos: torch.Tensor,
@@ -99,7 +99,7 @@ def _finish(layer: nn.Module, hidden: torch.Tensor, attended: torch.Tensor) -> t
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
-def _suffix_allowed(prefix_mask: torch.Tensor, suffix_length: int) -> torch.Tensor:
+def suffix_allowed(prefix_mask: torch.Tensor, suffix_length: int) -> torch.Tensor:
     batch = prefix_mask.shape[0]
     prefix_part = prefix_mask[:, None, :].expand(batch, suffix_length, -1)
     suffix_part = torch.ones(
@@ -122,7 +122,7 @@ def encode_prefix(
     allowed = prefix_allowed(mask, causal)
     keys, values, hidden = [], [], prefix
     for layer in backbone_layers:
-        q, k, v = _project(layer, hidden, cos, sin, geometry)
+        q, k, v = project_qkv(layer, hidden, cos, sin, geometry)
         keys.append(k)
         values.append(v)
         hidden = _finish(layer, hidden, _attend(q, k, v, allowed))
@@ -145,14 +145,14 @@ def suffix_forward(
     length = suffix.shape[1]
     positions = cache.lengths[:, None] + torch.arange(length, device=suffix.device)[None]
     cos, sin = rotary(suffix, positions)
-    allowed = _suffix_allowed(cache.mask, length)
+    allowed = suffix_allowed(cache.mask, length)
     hidden = suffix
     for index, layer in enumerate(expert_layers):
 
         def attention_output(
             layer: nn.Module = layer, index: int = index, hidden: torch.Tensor = hidden
         ) -> torch.Tensor:
-            q, k, v = _project(layer, hidden, cos, sin, geometry)
+            q, k, v = project_qkv(layer, hidden, cos, sin, geometry)
             k = torch.cat([cache.keys[index], k], dim=2)
             v = torch.cat([cache.values[index], v], dim=2)
             return layer.self_attn.o_proj(_attend(q, k, v, allowed))
@@ -199,7 +199,7 @@ def joint_forward(
         ],
         dim=2,
     )
-    allowed = torch.cat([prefix_rows, _suffix_allowed(mask, suffix_length)], dim=1)  # (B, P+S, P+S)
+    allowed = torch.cat([prefix_rows, suffix_allowed(mask, suffix_length)], dim=1)  # (B, P+S, P+S)
 
     def layer_pair(
         backbone_layer: nn.Module,
@@ -207,8 +207,8 @@ def joint_forward(
         prefix_hidden: torch.Tensor,
         suffix_hidden: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        qp, kp, vp = _project(backbone_layer, prefix_hidden, prefix_cos, prefix_sin, geometry)
-        qs, ks, vs = _project(expert_layer, suffix_hidden, suffix_cos, suffix_sin, geometry)
+        qp, kp, vp = project_qkv(backbone_layer, prefix_hidden, prefix_cos, prefix_sin, geometry)
+        qs, ks, vs = project_qkv(expert_layer, suffix_hidden, suffix_cos, suffix_sin, geometry)
         attended = _attend(
             torch.cat([qp, qs], 2), torch.cat([kp, ks], 2), torch.cat([vp, vs], 2), allowed
         )
@@ -253,7 +253,7 @@ def decode_token(
     allowed = torch.cat([cache.mask, torch.ones_like(valid[:, None])], dim=1)[:, None, :]
     keys, values, hidden = [], [], token
     for index, layer in enumerate(backbone_layers):
-        q, k, v = _project(layer, hidden, cos, sin, geometry)
+        q, k, v = project_qkv(layer, hidden, cos, sin, geometry)
         k = torch.cat([cache.keys[index], k], dim=2)
         v = torch.cat([cache.values[index], v], dim=2)
         keys.append(k)

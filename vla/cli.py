@@ -2,7 +2,7 @@
 
     vla serve --checkpoint DIR [--host 127.0.0.1] [--port 8000] [--token ...] [--max-batch 8]
               [--max-queue 32] [--idle-timeout-s 60] [--action-range-margin 1.0]
-              [--allow-unauthenticated]
+              [--allow-unauthenticated] [--fast-path {static,compile,graph,compile-graph}]
 
     vla verify --checkpoint DIR [--record-manifest]
 
@@ -26,6 +26,8 @@ TOKEN_ENV = "VLA_SERVER_TOKEN"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vla.fast_path import FAST_PATHS
+
     parser = argparse.ArgumentParser(prog="vla", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -78,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow a non-loopback --host without a token (only on a trusted network)",
     )
+    serve.add_argument(
+        "--fast-path",
+        choices=FAST_PATHS,
+        help="the inference fast path (docs/deploy.md): static shapes and precomputed time rows; "
+        "'compile' adds torch.compile, 'graph' replays each chunk as a CUDA graph (CUDA only); "
+        "default: the eager reference",
+    )
     verify = commands.add_parser(
         "verify",
         help="check a checkpoint as loading does (content hashes, config types, stats, weights)",
@@ -121,6 +130,7 @@ def verify(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     import logging
 
+    from vla.fast_path import FastPathError
     from vla.policy import VLAPolicy
     from vla.serving.server import PolicyServer, ServerConfig
 
@@ -154,7 +164,13 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"vla serve: {error}", file=sys.stderr)
         return 2
-    policy = VLAPolicy.from_pretrained(args.checkpoint, device=args.device)
+    try:
+        policy = VLAPolicy.from_pretrained(
+            args.checkpoint, device=args.device, fast_path=args.fast_path
+        )
+    except FastPathError as error:  # e.g. a CUDA graph asked of a CPU device
+        print(f"vla serve: {error}", file=sys.stderr)
+        return 2
     try:
         PolicyServer(policy, config).run()
     except OSError as error:  # the port is taken, or the host is not an address of this machine

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vla.config import VLAConfig
+from vla.fast_path import FastSampler
 from vla.feature_cache import FeatureCache, uniform_schedule
 from vla.model import VLAModel
 from vla.processor import Processor
@@ -48,6 +49,7 @@ class VLAPolicy:
         noise_scale: float = 1.0,
         name: str = "this policy",
         reasoning_trained: bool | None = None,
+        fast_path: str | None = None,
     ) -> None:
         self.model = model.eval().to(device)
         self.processor = processor
@@ -82,6 +84,15 @@ class VLAPolicy:
         if noise_scale < 0:
             raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
         self.noise_scale = noise_scale
+        # The inference fast path (vla/fast_path.py: static shapes, precomputed time rows, CUDA
+        # graphs, torch.compile); None runs the eager reference, `VLAModel.sample_actions`.
+        if fast_path is not None and feature_cache_every is not None:
+            raise ValueError(
+                "fast_path and feature_cache_every do not combine: the fast path computes every "
+                "expert block at every step; choose one"
+            )
+        self.fast_path = fast_path
+        self._fast_sampler = None if fast_path is None else FastSampler(self.model, fast_path)
         self.reset()
 
     @classmethod
@@ -152,6 +163,14 @@ class VLAPolicy:
             ids, mask = self.processor.encode_reasoning(list(reasoning), self.device)
             inputs = replace(inputs, reasoning_ids=ids, reasoning_mask=mask)
             thoughts = list(reasoning)
+        noise = self._initial_noise(len(batch)) if noise is None else noise
+        if self._fast_sampler is not None and not think and reasoning is None:
+            # The whole chunk is one call (one CUDA-graph replay in graph modes), so prefix and
+            # denoising are one stage here, reported as denoise.
+            timing["prefix_ms"] = 0.0
+            with _Stopwatch(timing, "denoise_ms", self.device):
+                normalized = self._fast_sampler.sample(inputs, noise)
+            return self._finish(normalized, thoughts, timing, started, None)
         if think and reasoning is None:
             # Decoding grows the instruction's prefix cache token by token, so prefix encoding
             # and reasoning are one stage here, reported as reasoning.
@@ -164,13 +183,29 @@ class VLAPolicy:
             with _Stopwatch(timing, "prefix_ms", self.device):
                 cache = self.model.encode_prefix(inputs)
         feature_cache = self._feature_cache()
-        if noise is None and self.noise_scale != 1.0:
-            shape = (len(batch), self.config.action_horizon, self.config.action_dim)
-            noise = self.noise_scale * torch.randn(shape, device=self.device)
         with _Stopwatch(timing, "denoise_ms", self.device):
-            normalized = self.model.sample_actions(
-                inputs, noise=noise, cache=cache, feature_cache=feature_cache
-            )
+            if self._fast_sampler is not None:  # a chain of varying length: no graph
+                normalized = self._fast_sampler.denoise(cache, inputs.state, noise)
+            else:
+                normalized = self.model.sample_actions(
+                    inputs, noise=noise, cache=cache, feature_cache=feature_cache
+                )
+        return self._finish(normalized, thoughts, timing, started, feature_cache)
+
+    def _initial_noise(self, batch: int) -> torch.Tensor:
+        """noise_scale * N(0, I) of shape (B, H, A), in the model's dtype."""
+        shape = (batch, self.config.action_horizon, self.config.action_dim)
+        dtype = next(self.model.parameters()).dtype
+        return self.noise_scale * torch.randn(shape, device=self.device, dtype=dtype)
+
+    def _finish(
+        self,
+        normalized: torch.Tensor,
+        thoughts: list[str] | None,
+        timing: dict[str, float],
+        started: float,
+        feature_cache: FeatureCache | None,
+    ) -> dict[str, Any]:
         actions = self.processor.actions(normalized)  # (B, H, A)
         timing["total_ms"] = (time.perf_counter() - started) * 1e3
         if feature_cache is not None:

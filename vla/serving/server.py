@@ -217,6 +217,7 @@ class PolicyServer:
             "max_batch": self.config.max_batch,
             "max_queue": self.config.max_queue,
             "idle_timeout_s": self.config.idle_timeout_s,
+            "fast_path": self.policy.fast_path,  # None: the eager reference
             "auth": self.config.token is not None,
         }
 
