@@ -1,22 +1,26 @@
-"""The pi0-size config on this CPU: it builds in bf16 within its memory, one chunk runs, and one
-training step runs with activation checkpointing and LoRA on the backbone.
+"""The pi0-size config on this CPU: it builds in bf16 within its memory, saves and loads (the
+loading process's own peak RSS, in a fresh child), one chunk runs, and one training step runs
+with activation checkpointing and LoRA on the backbone.
 
 What a GPU window cannot afford to find out: whether the 3.2B-parameter config builds, what one
 chunk costs and where (prefix vs denoising), and whether a training step fits in memory. Random
 weights; 2 views at the config's resolution, horizon 50, 10 flow steps, batch 1. Peak RSS is the
 process's high-water mark after each stage (it only grows).
 
-    .venv/bin/python benchmarks/pi0_cpu.py [--skip-train]
+    .venv/bin/python benchmarks/pi0_cpu.py [--skip-train] [--save-load]   # --save-load: 6.5 GB on disk
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,6 +50,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument(
+        "--save-load", action="store_true", help="save the checkpoint and load it in a child"
+    )
     parser.add_argument("--lora-rank", type=int, default=16)
     args = parser.parse_args()
     print(f"machine: {machine_description()}; torch threads {torch.get_num_threads()}")
@@ -62,6 +69,8 @@ def main() -> None:
 
     inputs = bf16_inputs(config, batch=1)
     noise = torch.randn(1, 50, config.action_dim, dtype=torch.bfloat16)
+    if args.save_load:
+        save_and_load(model, config, inputs, noise)
     with torch.no_grad():
         prefix = median_seconds(lambda: model.encode_prefix(inputs), repeats=2)
         chunk = median_seconds(lambda: model.sample_actions(inputs, noise=noise), repeats=2)
@@ -92,6 +101,57 @@ def main() -> None:
         f"training step (batch 2, LoRA rank {args.lora_rank} on the backbone: {trainable / 1e6:.1f}M "
         f"adapter parameters, {trainable_total / 1e6:.0f}M trainable with the expert; activation "
         f"checkpointing): {seconds:.1f} s, loss {loss.item():.3f}, peak RSS {peak_rss_gib():.1f} GiB"
+    )
+
+
+LOAD_CHILD = """
+import resource, sys, time, torch
+from vla.checkpoint import load_checkpoint
+from vla.model import ModelInputs
+started = time.perf_counter()
+model = load_checkpoint(sys.argv[1]).model
+seconds = time.perf_counter() - started
+images, text_ids, text_mask, state, noise = torch.load(sys.argv[2])
+inputs = ModelInputs(images=images, text_ids=text_ids, text_mask=text_mask, state=state)
+with torch.no_grad():
+    same = torch.equal(model.sample_actions(inputs, noise=noise), torch.load(sys.argv[3]))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(f"{seconds:.1f} {peak:.2f} {same}")
+"""
+
+
+def save_and_load(
+    model: VLAModel, config: VLAConfig, inputs: ModelInputs, noise: torch.Tensor
+) -> None:
+    """Save the bf16 model as training exports it, then load it in a fresh process: the load's
+    time and peak RSS (which must stay near one copy of the weights, 6.5 GB, not two), and
+    whether the loaded model's chunk equals the saved model's bit for bit."""
+    from vla.checkpoint import save_checkpoint
+
+    stats = {
+        key: {"mean": np.zeros(dim), "std": np.ones(dim), "min": -np.ones(dim),
+              "max": np.ones(dim), "q01": -np.ones(dim), "q99": np.ones(dim),
+              "count": np.array([1])}
+        for key, dim in (("observation.state", config.state_dim), ("action", config.action_dim))
+    }  # fmt: skip
+    with torch.no_grad():
+        expected = model.sample_actions(inputs, noise=noise)
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[1] / "outputs") as tmp:
+        started = time.perf_counter()
+        directory = save_checkpoint(Path(tmp) / "pi0", model, config, stats)
+        saved_s = time.perf_counter() - started
+        size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) / 2**30
+        tensors = (inputs.images, inputs.text_ids, inputs.text_mask, inputs.state, noise)
+        torch.save(tensors, Path(tmp) / "inputs.pt")
+        torch.save(expected, Path(tmp) / "expected.pt")
+        done = subprocess.run(
+            [sys.executable, "-c", LOAD_CHILD, str(directory), f"{tmp}/inputs.pt", f"{tmp}/expected.pt"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    load_s, load_peak, same = done.stdout.split()[-3:]
+    print(
+        f"save: {size:.2f} GiB in {saved_s:.0f} s; load in a fresh process: {float(load_s):.0f} s, "
+        f"peak RSS {float(load_peak):.1f} GiB; loaded chunk equals the saved model's: {same}"
     )
 
 

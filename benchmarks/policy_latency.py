@@ -6,9 +6,11 @@ For 1 and 8 environments batched, measures (median over repeats, same run):
   reasoning   generating a chain of thought token by token (think mode; per token)
 and compares whole-chunk latency for: no KV cache (every step recomputes the whole sequence),
 the prefix KV cache, and the KV cache plus feature caching (uniform every 2 steps; adaptive
-per-block schedule), with the feature-cached actions' error against the uncached ones.
+per-block schedule), with the feature-cached actions' error against the uncached ones; and the
+fast path (vla/fast_path.py): static, with `--compile` torch.compile of its step, and on CUDA the
+CUDA-graph modes, each with its largest deviation from the eager KV-cache chunk.
 
-    .venv/bin/python benchmarks/policy_latency.py             # tiny config on CPU
+    .venv/bin/python benchmarks/policy_latency.py [--compile]  # tiny config on CPU
     .venv/bin/python benchmarks/policy_latency.py --config pi0 --device cuda --dtype bfloat16
 """
 
@@ -25,6 +27,7 @@ from common import machine_description  # noqa: E402
 from common import median_seconds as timed  # noqa: E402
 
 from vla.config import VLAConfig  # noqa: E402
+from vla.fast_path import FastSampler  # noqa: E402
 from vla.feature_cache import FeatureCache, adaptive_schedule, uniform_schedule  # noqa: E402
 from vla.model import ModelInputs, VLAModel, profile_block_features  # noqa: E402
 
@@ -47,6 +50,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--reasoning-tokens", type=int, default=32)
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the fast path's torch.compile modes"
+    )
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -58,12 +64,23 @@ def main() -> None:
         f"config {args.config}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"{steps} denoising steps, horizon {config.action_horizon}, {args.device} {args.dtype}\n"
     )
+    modes = ["static"]
+    if args.device.startswith("cuda"):
+        modes += ["graph"]
+    if args.compile:
+        modes += ["compile-graph"] if args.device.startswith("cuda") else ["compile"]
+    samplers = {mode: FastSampler(model, mode) for mode in modes}  # shared by both batch sizes
     for batch in (1, 8):
-        report_batch(model, config, batch, args, dtype)
+        report_batch(model, config, batch, args, dtype, samplers)
 
 
 def report_batch(
-    model: VLAModel, config: VLAConfig, batch: int, args: argparse.Namespace, dtype: torch.dtype
+    model: VLAModel,
+    config: VLAConfig,
+    batch: int,
+    args: argparse.Namespace,
+    dtype: torch.dtype,
+    samplers: dict[str, FastSampler],
 ) -> None:
     """Print every measurement for one batch size."""
     steps = config.num_inference_steps
@@ -131,6 +148,13 @@ def report_batch(
                 f"  chunk, KV + features ({name}) {latency * 1e3:8.1f} ms  -> {cached / latency:.2f}x vs KV cache; "
                 f"{skipped:.0%} of expert blocks reused; action error max {error.max():.4f}, "
                 f"mean {error.mean():.4f} (actions' mean |a| {reference.abs().mean():.3f})"
+            )
+        for mode, sampler in samplers.items():
+            fast = sampler.sample(inputs, noise)  # compiles or captures on its first call
+            latency = timed(lambda s=sampler: s.sample(inputs, noise), args.repeats, args.device)
+            print(
+                f"  chunk, fast path {mode:13s} {latency * 1e3:8.1f} ms  -> {cached / latency:.2f}x vs KV cache; "
+                f"max deviation from it {(fast - reference).abs().max():.1e}"
             )
         print()
 
