@@ -190,6 +190,31 @@ def test_dtype_is_kept(model: VLAModel, stats: dict, tmp_path: Path) -> None:
         assert torch.equal(restored, tensor), name
 
 
+def test_bf16_round_trip_gives_identical_actions_however_the_model_was_made(
+    model: VLAModel, stats: dict, tmp_path: Path
+) -> None:
+    """A bf16 checkpoint loads by building in bf16, which keeps the rotary frequencies float32;
+    `model.to(bf16)` used to cast them, so a model trained that way and its reload disagreed
+    (0.03 on a pi0-size chunk). Both ways of making a bf16 model must reload to the same actions."""
+    cast = VLAModel(model.config)
+    cast.load_state_dict(model.state_dict())
+    cast.to(torch.bfloat16).eval()
+    torch.manual_seed(0)
+    built = VLAModel.build(model.config, "cpu", torch.bfloat16).eval()
+    for name, made in (("cast", cast), ("built", built)):
+        frequencies = made.backbone.rotary_emb.inner.inv_freq
+        assert frequencies.dtype == torch.float32, name
+        inputs = fake_inputs(made.config, batch=2, text_lengths=(10, 5))
+        inputs.images = {camera: pixels.bfloat16() for camera, pixels in inputs.images.items()}
+        inputs.state = inputs.state.bfloat16()
+        noise = torch.randn(2, made.config.action_horizon, 7, dtype=torch.bfloat16)
+        loaded = load_checkpoint(save_checkpoint(tmp_path / name, made, made.config, stats)).model
+        with torch.no_grad():
+            assert torch.equal(
+                made.sample_actions(inputs, noise=noise), loaded.sample_actions(inputs, noise=noise)
+            ), name
+
+
 def test_pretrained_backbone_loads_without_its_path(stats: dict, tmp_path: Path) -> None:
     """The checkpoint inlines the HF config: the pretrained directory can be gone when loading."""
     from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration

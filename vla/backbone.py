@@ -61,6 +61,34 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
 
+class Fp32Rotary(nn.Module):
+    """A HF rotary embedding whose frequency buffers stay float32 through any `.to(dtype)`.
+
+    HF computes `inv_freq` in float32 and its forward reads it as float32, but `model.to(bf16)`
+    casts the buffer like any other (its 8-bit mantissa moves the angle of position 40 by up to
+    0.1 rad). A model built in bf16 keeps float32 frequencies while one cast to bf16 does not, so a
+    bf16 checkpoint reloaded (built in bf16) gave different actions than the model that saved it.
+    Here every cast moves the frequencies' device only: one dtype for them, however the model was
+    made. They are non-persistent, so checkpoints are unchanged.
+    """
+
+    def __init__(self, rotary: nn.Module) -> None:
+        super().__init__()
+        self.inner = rotary
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x: (B, T, D) for dtype and device; position_ids: (B, T) -> cos, sin: (B, T, head_dim)."""
+        return self.inner(x, position_ids)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (torch's signature)
+        kept = {name: buffer.float() for name, buffer in self.inner._buffers.items()
+                if buffer is not None and buffer.is_floating_point()}  # fmt: skip
+        super()._apply(fn, recurse)
+        for name, original in kept.items():
+            self.inner._buffers[name] = original.to(self.inner._buffers[name].device)
+        return self
+
+
 class PaliGemmaBackbone(Backbone):
     """PaliGemma (SigLIP vision tower + linear projector + Gemma decoder), as pi0 uses."""
 
@@ -119,9 +147,13 @@ class PaliGemmaBackbone(Backbone):
             )
         self.embed_tokens = model.model.language_model.embed_tokens
         self.layers = model.model.language_model.layers
-        self.rotary_emb = model.model.language_model.rotary_emb
+        self.rotary_emb = Fp32Rotary(model.model.language_model.rotary_emb)
         self.final_norm = model.model.language_model.norm
         self.lm_head = model.lm_head
+        if getattr(model.config, "tie_word_embeddings", False):
+            # HF ties these in init_weights, which a checkpoint load skips (no random init,
+            # vla.checkpoint._build_model); tie them here so every build shares one matrix.
+            self.lm_head.weight = self.embed_tokens.weight
         self.vocab_size = text.vocab_size
         # Gemma multiplies every input embedding by sqrt(hidden) before the first layer.
         self.embedding_scale = math.sqrt(text.hidden_size)

@@ -38,6 +38,7 @@ records the hashes of the files as they are now.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ from vla.config import ConfigError, VLAConfig
 from vla.digest import sha256_file
 from vla.model import VLAModel
 from vla.processor import ProcessorConfig, check_policy_stats
+from vla.weights_io import is_finite, read_into
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +291,7 @@ def _refuse_non_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None
 
 
 def _non_finite(tensor: torch.Tensor) -> bool:
-    return tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    return not is_finite(tensor)
 
 
 def _refuse_non_finite_names(bad: list[str], source: str) -> None:
@@ -398,7 +400,7 @@ def load_checkpoint(directory: Path, device: str = "cpu") -> LoadedCheckpoint:
         log.warning(note)
     weights = directory / WEIGHTS_FILE
     model = _build_model(config, directory / CONFIG_FILE, device, _stored_dtype(weights))
-    _load_weights(model, weights, device)
+    _load_weights(model, weights)
     model.eval()
     tokenizer_dir = directory / TOKENIZER_DIR
     return LoadedCheckpoint(
@@ -733,14 +735,31 @@ def _build_model(
 ) -> VLAModel:
     """The config must describe a buildable model without downloads; say which file if not.
 
-    Built directly on `device` in the weights' `dtype`: an fp32 CPU copy first would need twice
-    the memory of bf16 weights (13 GB for the pi0-size config) before anything is loaded."""
+    Built directly on `device` in the weights' `dtype` (an fp32 CPU copy first would need twice
+    the memory of bf16 weights, 13 GB for the pi0-size config), and without random
+    initialization: every stored tensor is overwritten by the file and the load is strict, so
+    drawing 3B random numbers first (most of a pi0-size load's time) would be thrown away.
+    Non-persistent buffers (rotary frequencies) are computed, not initialized, so they stay."""
     try:
-        return VLAModel.build(config, device, dtype)
+        with _skipped_initialization():
+            return VLAModel.build(config, device, dtype)
     except (KeyError, ValueError, TypeError, OSError) as error:
         raise CheckpointError(
             f"{config_path}: cannot build the model it describes: {error}"
         ) from error
+
+
+def _skipped_initialization() -> contextlib.AbstractContextManager[None]:
+    """transformers' no_init_weights (torch.nn.init and HF's init_weights become no-ops); it
+    moved from modeling_utils (4.x) to initialization (5.x). Without it, loading is only slower."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def _stored_dtype(path: Path) -> torch.dtype | None:
@@ -750,26 +769,30 @@ def _stored_dtype(path: Path) -> torch.dtype | None:
     return floating.pop() if len(floating) == 1 else None
 
 
-def _load_weights(model: VLAModel, path: Path, device: str = "cpu") -> None:
-    """Validate names and shapes against the fresh model, then copy the file's tensors into it
-    one at a time, on `device`: the peak is the model plus one tensor, never a second copy of
-    every weight."""
+def _load_weights(model: VLAModel, path: Path) -> None:
+    """Validate names and shapes against the fresh model, then read the file's tensors straight
+    into it (`vla.weights_io.read_into`): the peak is the model itself, with no memory map of the
+    file and no second copy of any weight."""
     shapes, dtypes, aliases = _read_header(path)
     ties = _model_ties(model.state_dict())
     _validate(path, model.state_dict(), shapes, aliases, ties)
     _match_dtypes(model, dtypes)
     stored_names = shapes.keys() | aliases.keys()  # a tie the file does not record shares storage
-    non_finite = []
+    # {name in the file: the model's tensor}; a tied partner is filled through its tie
+    targets = {
+        aliases.get(name, name): target
+        for name, target in model.state_dict().items()
+        if name in stored_names
+    }
+    non_finite: list[str] = []
+
+    def check(name: str, tensor: torch.Tensor) -> None:
+        if not is_finite(tensor):
+            non_finite.append(name)
+
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as handle, torch.no_grad():
-            for name, target in model.state_dict().items():
-                if name not in stored_names:
-                    continue  # a tied partner of a stored tensor: filled through the tie
-                tensor = handle.get_tensor(aliases.get(name, name))
-                if _non_finite(tensor):
-                    non_finite.append(name)
-                target.copy_(tensor)
-    except Exception as error:  # safetensors raises its own error types for damaged data
+        read_into(path, targets, on_tensor=check)
+    except (OSError, ValueError, KeyError) as error:
         raise CheckpointError(
             f"{path}: cannot read tensors ({error}); truncated or corrupt?"
         ) from error
@@ -862,9 +885,9 @@ def _validate(
 def _match_dtypes(model: nn.Module, dtypes: Mapping[str, torch.dtype]) -> None:
     """Give the model the dtypes of the file, since load_state_dict would cast to the model's.
 
-    If every floating tensor was saved in one dtype, the whole model is cast (non-persistent
-    buffers such as rotary frequencies included, as `model.to(dtype)` did before saving); any
-    remaining difference is fixed per tensor, in place so tied parameters stay tied.
+    If every floating tensor was saved in one dtype, the whole model is cast (a no-op when it was
+    built in that dtype; the rotary frequencies stay float32 either way, `backbone.Fp32Rotary`);
+    any remaining difference is fixed per tensor, in place so tied parameters stay tied.
     """
     floating = {dtype for dtype in dtypes.values() if dtype.is_floating_point}
     if len(floating) == 1:
