@@ -141,7 +141,9 @@ def save_and_load(
     }  # fmt: skip
     with torch.no_grad():
         expected = model.sample_actions(inputs, noise=noise)
-    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[1] / "outputs") as tmp:
+    outputs = Path(__file__).resolve().parents[1] / "outputs"  # the disk, not a RAM-backed /tmp
+    outputs.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=outputs) as tmp:
         started = time.perf_counter()
         directory = save_checkpoint(Path(tmp) / "pi0", model, config, stats)
         saved_s = time.perf_counter() - started
