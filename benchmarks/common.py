@@ -1,5 +1,5 @@
-"""Helpers shared by the benchmark scripts: a machine description, a timer, and dataset samples
-as policy observations."""
+"""Helpers shared by the benchmark scripts: a machine description, a timer, a memory high-water
+mark, and dataset samples as policy observations."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ def machine_description() -> str:
         f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
         f"torch {torch.__version__}"
     )
+
+
+def high_water_gib() -> float:
+    """This process's peak resident memory (Linux VmHWM), in GiB. Unlike `ru_maxrss`, which a
+    child forked from a large parent inherits, it covers this process's own memory only."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 2**20
 
 
 def rate(work: Callable[[], int], min_seconds: float = 3.0) -> float:

@@ -13,7 +13,6 @@ process's high-water mark after each stage (it only grows).
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,15 +23,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, median_seconds  # noqa: E402
+from common import high_water_gib, machine_description, median_seconds  # noqa: E402
 
 from vla.config import VLAConfig  # noqa: E402
 from vla.model import ModelInputs, VLAModel  # noqa: E402
 from vla.training.lora import add_lora  # noqa: E402
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
 
 
 def bf16_inputs(config: VLAConfig, batch: int) -> ModelInputs:
@@ -64,7 +59,7 @@ def main() -> None:
     expert = sum(p.numel() for p in model.expert.parameters())
     print(
         f"build: {parameters / 1e6:.0f}M parameters (expert {expert / 1e6:.0f}M), bf16, "
-        f"{time.perf_counter() - started:.0f} s, peak RSS {peak_rss_gib():.1f} GiB"
+        f"{time.perf_counter() - started:.0f} s, peak RSS {high_water_gib():.1f} GiB"
     )
 
     inputs = bf16_inputs(config, batch=1)
@@ -78,7 +73,7 @@ def main() -> None:
     assert torch.isfinite(actions).all()
     print(
         f"chunk (batch 1, KV cache, 10 steps): {chunk:.2f} s, of which the prefix {prefix:.2f} s "
-        f"({prefix / chunk:.0%}); peak RSS {peak_rss_gib():.1f} GiB"
+        f"({prefix / chunk:.0%}); peak RSS {high_water_gib():.1f} GiB"
     )
     if args.skip_train:
         return
@@ -100,19 +95,17 @@ def main() -> None:
     print(
         f"training step (batch 2, LoRA rank {args.lora_rank} on the backbone: {trainable / 1e6:.1f}M "
         f"adapter parameters, {trainable_total / 1e6:.0f}M trainable with the expert; activation "
-        f"checkpointing): {seconds:.1f} s, loss {loss.item():.3f}, peak RSS {peak_rss_gib():.1f} GiB"
+        f"checkpointing): {seconds:.1f} s, loss {loss.item():.3f}, peak RSS {high_water_gib():.1f} GiB"
     )
 
 
-# The child's own high-water mark (VmHWM): ru_maxrss would report the parent's peak, which a
-# forked child inherits on Linux.
+# Run from the repository root; the child reports its own high-water mark (common.high_water_gib).
 LOAD_CHILD = """
 import sys, time, torch
+sys.path.insert(0, "benchmarks")
+from common import high_water_gib
 from vla.checkpoint import load_checkpoint
 from vla.model import ModelInputs
-def high_water_gib():
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 2**20
 before = high_water_gib()
 started = time.perf_counter()
 model = load_checkpoint(sys.argv[1]).model
@@ -153,11 +146,11 @@ def save_and_load(
         torch.save(expected, Path(tmp) / "expected.pt")
         done = subprocess.run(
             [sys.executable, "-c", LOAD_CHILD, str(directory), f"{tmp}/inputs.pt", f"{tmp}/expected.pt"],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, cwd=outputs.parent,
         )  # fmt: skip
     load_s, before, load_peak, same = done.stdout.split()[-4:]
     print(
-        f"save: {size:.2f} GiB in {saved_s:.0f} s (peak RSS so far {peak_rss_gib():.1f} GiB); load in "
+        f"save: {size:.2f} GiB in {saved_s:.0f} s (peak RSS so far {high_water_gib():.1f} GiB); load in "
         f"a fresh process: {float(load_s):.0f} s, its peak RSS {float(load_peak):.1f} GiB "
         f"({float(before):.1f} GiB after imports); loaded chunk equals the saved model's: {same}"
     )

@@ -195,7 +195,7 @@ def test_bf16_round_trip_gives_identical_actions_however_the_model_was_made(
 ) -> None:
     """A bf16 checkpoint loads by building in bf16, which keeps the rotary frequencies float32;
     `model.to(bf16)` used to cast them, so a model trained that way and its reload disagreed
-    (0.03 on a pi0-size chunk). Both ways of making a bf16 model must reload to the same actions."""
+    (benchmarks/pi0_cpu.py --save-load: not bit-identical on e706c5a). Both ways of making a bf16 model must reload to the same actions."""
     cast = VLAModel(model.config)
     cast.load_state_dict(model.state_dict())
     cast.to(torch.bfloat16).eval()

@@ -90,12 +90,12 @@ def test_is_finite_finds_a_nan_in_any_slice(monkeypatch: pytest.MonkeyPatch) -> 
     assert is_finite(torch.zeros(0)) and is_finite(torch.arange(3))
 
 
+# Run from the repository root, in a fresh process (benchmarks/common.high_water_gib: VmHWM).
 LOAD_PEAK = """
 import sys
+sys.path.insert(0, "benchmarks")
+from common import high_water_gib
 from vla.checkpoint import load_checkpoint
-def high_water_gib():
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 2**20
 before = high_water_gib()
 load_checkpoint(sys.argv[1])
 print(before, high_water_gib())

@@ -286,12 +286,8 @@ def _processor_config(processor: Any, source: str) -> ProcessorConfig:
 def _refuse_non_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
     """NaN or inf in a weight is corruption or a diverged run: it would serve garbage."""
     _refuse_non_finite_names(
-        [name for name, tensor in tensors.items() if _non_finite(tensor)], source
+        [name for name, tensor in tensors.items() if not is_finite(tensor)], source
     )
-
-
-def _non_finite(tensor: torch.Tensor) -> bool:
-    return not is_finite(tensor)
 
 
 def _refuse_non_finite_names(bad: list[str], source: str) -> None:

@@ -2,8 +2,9 @@
 
 Why not `safe_open(...).get_tensor`: it reads through a memory map and returns a new tensor, so
 loading a pi0-size checkpoint (6 GiB of bf16) held the model, every mapped page it had touched
-(which count as resident until the map closes) and a copy of the largest tensor: 3x the weights
-on a 4-layer pi0 (7.4 GiB peak for 2.1 GiB) and 14.7 GiB for the full one. Reading each tensor's
+(which count as resident until the map closes) and a copy of each tensor: the load of a 0.79 GiB
+pi0-shaped checkpoint raised the process's peak by 2.16 GiB (tests/test_weights_io.py, on
+e706c5a), and the full pi0 load peaked at 14.7 GiB (benchmarks/pi0_cpu.py). Reading each tensor's
 bytes from the file into the tensor that will hold it costs nothing beyond the model.
 
 The format (https://huggingface.co/docs/safetensors): an 8-byte little-endian header length, a
@@ -24,9 +25,8 @@ from pathlib import Path
 
 import torch
 
-FINITE_CHECK_ELEMENTS = (
-    1 << 24
-)  # isfinite on at most this many elements at a time (16 MiB of bools)
+# isfinite runs on at most this many elements at a time (a 16 MiB temporary of bools)
+FINITE_CHECK_ELEMENTS = 1 << 24
 
 
 class WeightsFileError(ValueError):
@@ -52,7 +52,8 @@ def read_into(
     on_tensor: Callable[[str, torch.Tensor], None] | None = None,
 ) -> None:
     """Fill each target with the stored tensor of the same name (the target's dtype and shape
-    must be the stored ones), in file order; `on_tensor(name, target)` runs after each is read.
+    must be the stored ones), in file order; `on_tensor(name, values)` runs after each is read,
+    with the values on the CPU (the target itself, or the buffer they were read into).
 
     CPU targets are read into directly; other devices through one CPU buffer per tensor."""
     if sys.byteorder != "little":  # the bytes are little-endian; a big-endian host must convert
