@@ -235,3 +235,91 @@ def test_shapes_and_unused_parameters_without_fake_tensors(monkeypatch: pytest.M
 def test_image_size_the_vit_rejects_names_the_fix() -> None:
     with pytest.raises(ValueError, match="32x32 image.*dynamic_img_size=True"):
         TimmVisionTower("vit_tiny_patch16_224", 32, OUT_WIDTH, img_size=IMAGE_SIZE)
+
+
+# convnets with BatchNorm: a plain ResNet, MobileNetV3 (BatchNormAct2d), and EfficientNet-Lite0
+# as tiny-effnet builds it (TF "same" padding convolutions)
+BATCHNORM_MODELS = [
+    pytest.param("resnet10t", 64, id="resnet10t"),
+    pytest.param("mobilenetv3_small_050", 64, id="mobilenetv3"),
+    pytest.param("tf_efficientnet_lite0", 128, id="efficientnet_lite0"),
+]
+
+
+def with_random_statistics(tower: TimmVisionTower, seed: int) -> TimmVisionTower:
+    """Running statistics far from timm's (0, 1) init, so a fold that ignored them would show."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in tower.model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            shape = module.running_mean.shape
+            module.running_mean.copy_(torch.rand(shape, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(shape, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(shape, generator=generator) - 0.5)
+    return tower
+
+
+@pytest.mark.parametrize("name, size", BATCHNORM_MODELS)
+def test_inference_runs_the_batchnorm_folded_encoder(name: str, size: int) -> None:
+    torch.manual_seed(0)
+    tower = with_random_statistics(TimmVisionTower(name, size, OUT_WIDTH).eval(), seed=0)
+    pixels = images(size=size)
+    with torch.no_grad():
+        folded = tower.encoding_model()
+        assert folded is not tower.model
+        # every BatchNorm is gone into its convolution, and nothing of it is saved or trained
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert not any(m is folded for m in tower.modules())
+        assert tower.encoding_model() is folded  # made once while the weights stay the same
+        expected = tower.model.forward_features(tower.normalize(pixels))
+        got = folded.forward_features(tower.normalize(pixels))
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+        torch.testing.assert_close(tower.encode(pixels), tower.tokens(got, (size, size)))
+    # a gradient through the encoder runs the model itself; a frozen one may fold under autograd
+    assert tower.encoding_model() is tower.model
+    tower.model.requires_grad_(False)
+    assert tower.encoding_model() is folded
+    tower.train()  # a tower without kept statistics trains its BatchNorm: never folded then
+    with torch.no_grad():
+        assert tower.encoding_model() is tower.model
+
+
+def test_the_folded_encoder_follows_the_weights() -> None:
+    """Loading other weights or changing dtype remakes the folded copy: never a stale encoder."""
+    first = with_random_statistics(build("resnet10t", {}, seed=0).eval(), seed=0)
+    second = with_random_statistics(build("resnet10t", {}, seed=1).eval(), seed=1)
+    pixels = images()
+    with torch.no_grad():
+        before = first.encode(pixels)
+        first.load_state_dict(second.state_dict())
+        after = first.encode(pixels)
+        torch.testing.assert_close(after, second.encode(pixels), rtol=0, atol=0)
+        assert not torch.allclose(before, after)
+        first.double()
+        torch.testing.assert_close(
+            first.encode(pixels.double()), after.double(), rtol=1e-4, atol=1e-4
+        )
+
+
+class _NormBeforeConv(torch.nn.Module):
+    """A conv registered before a BatchNorm that runs *before* it: the fold's order assumption
+    does not hold, and only the numerical check can tell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(3)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x))
+
+
+def test_a_fold_that_changes_the_features_is_not_used() -> None:
+    from vla.vision import _checked_fold, fold_batchnorm
+
+    torch.manual_seed(0)
+    model = _NormBeforeConv().eval()
+    model.norm.running_mean.fill_(0.7)
+    model.norm.running_var.fill_(3.0)
+    assert fold_batchnorm(model)[1] == 1  # folded by registration order, wrongly
+    assert _checked_fold(model, 8) is None  # so the tower would run the model unfolded

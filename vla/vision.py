@@ -27,11 +27,20 @@ How, and why this way:
   rest trains (small robot batches would otherwise overwrite ImageNet's statistics), so the same
   frame gives the same features in training and at inference, and features of a frozen encoder
   can be computed once per dataset frame (`encode`) and fed to `project` instead.
+- Wherever BatchNorm uses its running statistics and no gradient is needed (inference, and a
+  frozen encoder's feature pass), `encode` runs a copy with every BatchNorm folded into the
+  convolution before it (`fold_batchnorm`), laid out channels-last: the same function up to float
+  rounding (relative difference ~3e-6 on EfficientNet-Lite0), at 1.4x (a policy call's batch) to
+  2.3x (the feature pass's) the speed on this CPU, where eval-mode BatchNorm is a separate pass
+  over every activation map (benchmarks/encoder_throughput.py). The copy is checked against the
+  model once when made, and remade whenever a weight, device or dtype changes.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +50,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 ImageSize = int | tuple[int, int]
 
@@ -113,6 +123,9 @@ class TimmVisionTower(nn.Module):
                 parameter.requires_grad_(False)
         self.feature_dim = layout.channels
         self.projector = nn.Linear(layout.channels, out_width)
+        # (weights key, BatchNorm-folded copy of `model`); a plain attribute, not a submodule,
+        # so it is neither saved nor trained. None until the first call that can use it.
+        self._folded: tuple[tuple, nn.Module | None] | None = None
         self.train(self.training)
 
     # ------------------------------------------------------------------ shapes
@@ -153,8 +166,28 @@ class TimmVisionTower(nn.Module):
         projector (what a frozen encoder's per-frame feature cache holds)."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"expected pixels of shape (B, 3, H, W), got {tuple(pixels.shape)}")
-        features = self.model.forward_features(self.normalize(pixels))
+        model = self.encoding_model()
+        normalized = self.normalize(pixels)
+        if model is not self.model:  # the folded copy is laid out channels-last
+            normalized = normalized.contiguous(memory_format=torch.channels_last)
+        features = model.forward_features(normalized)
         return self.tokens(features, (pixels.shape[-2], pixels.shape[-1]))  # (B, N, C)
+
+    def encoding_model(self) -> nn.Module:
+        """The timm model `encode` runs now: its BatchNorm-folded, channels-last copy when
+        BatchNorm uses running statistics and nothing needs a gradient through the encoder, else
+        the model itself."""
+        needs_gradient = torch.is_grad_enabled() and any(
+            p.requires_grad for p in self.model.parameters()
+        )
+        if self.model.training or needs_gradient:
+            return self.model
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        # in-place updates (load_state_dict, an optimizer) bump _version; moves change data_ptr
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, _checked_fold(self.model, self.image_size))
+        return self._folded[1] or self.model
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, feature_dim) encoder tokens -> (B, N, out_width) decoder tokens."""
@@ -166,6 +199,70 @@ class TimmVisionTower(nn.Module):
         if grid is not None:
             return _grid_tokens(features, self.max_tokens)  # features (B, C, h, w)
         return _sequence_tokens(features, self.max_tokens)  # features (B, T, C)
+
+
+# ---------------------------------------------------------------------- BatchNorm folding
+def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
+    """An eval-mode copy of `model` with each BatchNorm folded into the convolution registered
+    just before it (a sibling, or the last layer of a sibling `nn.Sequential`: timm's conv/bn
+    attribute pairs and ResNet's deep stem), and the number folded.
+
+    A folded BatchNorm keeps what it does after normalizing (timm's `BatchNormAct2d` applies its
+    dropout and activation) and is otherwise the identity. Registration order is taken as
+    forward order, which holds for timm's convnets; `_checked_fold` verifies the result.
+    """
+    folded = copy.deepcopy(model).eval()
+    count = 0
+    for module in list(folded.modules()):
+        names = list(module._modules)
+        for before, norm_name in itertools.pairwise(names):
+            norm = module._modules[norm_name]
+            if not isinstance(norm, nn.BatchNorm2d) or not norm.track_running_stats:
+                continue
+            owner, conv_name = module, before
+            while (
+                isinstance(owner._modules[conv_name], nn.Sequential) and owner._modules[conv_name]
+            ):
+                owner = owner._modules[conv_name]
+                conv_name = list(owner._modules)[-1]
+            conv = owner._modules[conv_name]
+            if not isinstance(conv, nn.Conv2d) or conv.out_channels != norm.num_features:
+                continue
+            owner._modules[conv_name] = fuse_conv_bn_eval(conv, norm)  # keeps conv's class
+            module._modules[norm_name] = _AfterNorm(norm)
+            count += 1
+    return folded, count
+
+
+class _AfterNorm(nn.Module):
+    """What a folded BatchNorm still does: timm's `BatchNormAct2d` drop + act, else nothing."""
+
+    def __init__(self, norm: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.drop = getattr(norm, "drop", nn.Identity())
+        self.act = getattr(norm, "act", nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(x))
+
+
+def _checked_fold(model: nn.Module, image_size: ImageSize) -> nn.Module | None:
+    """`fold_batchnorm(model)`, laid out channels-last, if it folded anything and gives the
+    model's features on a probe image (relative difference < 1e-4 in float32, 3e-2 in 16-bit
+    types), else None: the model then runs unfolded."""
+    folded, count = fold_batchnorm(model)
+    if count == 0:
+        return None
+    folded = folded.to(memory_format=torch.channels_last)
+    reference = next(iter(model.parameters()))
+    probe = torch.Generator().manual_seed(0)
+    pixels = torch.randn(2, 3, *_pair(image_size), generator=probe).to(reference)  # (2, 3, H, W)
+    with torch.no_grad():
+        expected = model.forward_features(pixels).float()
+        got = folded.forward_features(pixels.contiguous(memory_format=torch.channels_last)).float()
+    scale = expected.norm().clamp_min(1e-12)
+    tolerance = 1e-4 if reference.dtype in (torch.float32, torch.float64) else 3e-2
+    return folded if float((got - expected).norm() / scale) < tolerance else None
 
 
 # ---------------------------------------------------------------------- building the model

@@ -185,4 +185,7 @@ def _weights_digest(encoder: nn.Module) -> str:
 def _cache_path(reader: LeRobotDatasetReader, key: str, weights: str, image_size: int) -> Path:
     # same commit stamp as the decoded-frame cache: appending episodes makes a fresh file
     frame_cache = frame_cache_path(reader, key)
-    return frame_cache.parent / f"features-{frame_cache.stem}-{weights}-{image_size}.safetensors"
+    # "bnfold": computed by the BatchNorm-folded encoder (vla/vision.py); caches written by the
+    # unfolded one before it differ by float rounding and are not reused
+    name = f"features-{frame_cache.stem}-{weights}-{image_size}-bnfold.safetensors"
+    return frame_cache.parent / name
