@@ -161,7 +161,6 @@ class Controller:
                 f"actions {self.action_dim}"
             )
         self.replan_every = self.config.replan_every or default_n_action_steps(self.action_horizon)
-        self.stitcher = ChunkStitcher(self.config.stitch)
         self.stats = ControllerStats()
         self.ticks: collections.deque[Tick] = collections.deque(maxlen=self.config.log_ticks)
         # Shared with the worker, under _lock: the request to send, replies that came back.
@@ -172,7 +171,7 @@ class Controller:
         self._arrived: list[tuple[_Request, np.ndarray, float]] = []  # (request, chunk, arrival)
         self._stopping = False
         self._shut_down = False
-        self._start_episode()
+        self._start_episode()  # the per-episode state: step, watchdog, stitcher
         self._worker = threading.Thread(target=self._work, name="vla-inference-client", daemon=True)
         self._worker.start()
 
