@@ -323,3 +323,37 @@ def test_a_fold_that_changes_the_features_is_not_used() -> None:
     model.norm.running_var.fill_(3.0)
     assert fold_batchnorm(model)[1] == 1  # folded by registration order, wrongly
     assert _checked_fold(model, 8) is None  # so the tower would run the model unfolded
+
+
+def test_feature_stage_takes_the_finer_map_and_freezes_the_layers_after_it() -> None:
+    """tiny-effnet-s16's tower: EfficientNet-Lite0's stride-16 stage, 8 x 8 x 112 at 128 px."""
+    from vla.vision import run_features
+
+    torch.manual_seed(0)
+    tower = TimmVisionTower("tf_efficientnet_lite0", 128, OUT_WIDTH, feature_stage=3)
+    tower = with_random_statistics(tower, seed=0).eval()
+    assert tower.num_tokens() == 64 and tower.feature_dim == 112
+    pixels = images(size=128)
+    with torch.no_grad():
+        stage_map = tower.model.forward_intermediates(
+            tower.normalize(pixels), indices=[3], intermediates_only=True
+        )[0]  # (B, 112, 8, 8), unfolded, without stopping early
+        expected = stage_map.flatten(2).transpose(1, 2)  # (B, 64, 112)
+        tokens = tower.encode(pixels)  # the folded copy, stopping at the stage
+        torch.testing.assert_close(tokens, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+        torch.testing.assert_close(
+            run_features(tower.model, tower.normalize(pixels), 3), stage_map, rtol=0, atol=0
+        )
+    # everything after the stage is frozen as unused (DDP needs a gradient for each trainable)
+    unused = set(tower.unused_parameter_names)
+    assert {"conv_head.weight", "blocks.6.0.conv_pw.weight"} <= unused
+    assert not any(name.startswith(("blocks.0.", "blocks.4.", "conv_stem")) for name in unused)
+    tower.train()
+    tower(pixels).mean().backward()
+    trainable = [(n, p) for n, p in tower.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None for _, p in trainable)
+
+
+def test_a_feature_stage_the_model_lacks_names_the_stages() -> None:
+    with pytest.raises(ValueError, match=r"feature_stage=7 .*3: stride 16, 112 channels"):
+        TimmVisionTower("tf_efficientnet_lite0", 128, OUT_WIDTH, feature_stage=7)

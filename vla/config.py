@@ -2,8 +2,9 @@
 
 Named configurations live in `NAMED_CONFIGS` (a registry, not if/elif): `tiny` trains on two CPU
 cores; `tiny-fast` is `tiny` with 4x fewer image tokens; `tiny-timm` swaps SigLIP for a timm
-ResNet; `tiny-effnet` for ImageNet-pretrained EfficientNet-Lite0 (the quickstart's); `pi0` has the shape of pi0 (PaliGemma-3B backbone, ~300M expert) for GPU runs and
-benchmarks. `VLAConfig.named("tiny", action_horizon=8)` builds one with overrides; unknown names
+ResNet; `tiny-effnet` for ImageNet-pretrained EfficientNet-Lite0 (the quickstart's), and
+`tiny-effnet-s16` for its finer stride-16 map; `pi0` has the shape of pi0 (PaliGemma-3B
+backbone, ~300M expert) for GPU runs and benchmarks. `VLAConfig.named("tiny", action_horizon=8)` builds one with overrides; unknown names
 and keys fail with a "did you mean".
 
 `build_config` is the one place plain data (YAML, JSON, overrides) becomes a config dataclass:
@@ -44,6 +45,9 @@ class VLAConfig:
     # when the model is first built; a checkpoint holds the trained weights and drops this name
     vision_pretrained: str | None = None
     vision_max_tokens: int | None = None
+    # a timm tower's tokens from an earlier, finer map: index into its feature_info (None: the
+    # last map). tiny-effnet-s16 uses 3, EfficientNet-Lite0's stride-16 stage.
+    vision_feature_stage: int | None = None
     # --- inputs
     cameras: tuple[str, ...] = DEFAULT_CAMERAS
     # the model's internal square image size; cameras may render at another resolution (the
@@ -289,6 +293,17 @@ NAMED_CONFIGS: dict[str, VLAConfig] = {
         vision_tower="timm:tf_efficientnet_lite0",
         vision_pretrained="efficientnet_lite0",
         # a quickstart chain with three object boxes is ~100 tokens: 96 cut off the last box
+        max_reasoning_tokens=112,
+    ),
+    # The same encoder's stride-16 stage: 8x8 = 64 tokens of 112 channels per camera at 128 px,
+    # 4x tiny-effnet's tokens at a quarter of their cells' size, for wide layouts where an object
+    # must be found in the image (the 14-task tabletop suite), not from the layout's prior.
+    "tiny-effnet-s16": VLAConfig(
+        backbone_config=TINY_FAST_PALIGEMMA,
+        image_size=128,
+        vision_tower="timm:tf_efficientnet_lite0",
+        vision_pretrained="efficientnet_lite0",
+        vision_feature_stage=3,
         max_reasoning_tokens=112,
     ),
     # The quickstart's: 16x16 patches give 16 image tokens per camera instead of 64, which makes

@@ -69,8 +69,12 @@ class TimmVisionTower(nn.Module):
 
     `max_tokens` caps N by adaptive average pooling over the token grid (the largest grid with
     the image's aspect ratio that has at most `max_tokens` cells), so a high-resolution convnet
-    map does not flood the decoder's context. `**model_kwargs` go to `timm.create_model`
-    (e.g. `img_size=64` for a ViT, `dynamic_img_size=True`, `drop_path_rate=0.1`).
+    map does not flood the decoder's context. `feature_stage` takes the tokens from an earlier,
+    finer map instead of the last one: index k of the model's `feature_info` (timm's
+    `forward_intermediates`; for EfficientNet-Lite0 at 128 px, stage 3 is the stride-16 map,
+    8 x 8 cells of 112 channels, where the default is the 4 x 4 x 1280 head). The layers after
+    it are frozen, as unused. `**model_kwargs` go to `timm.create_model` (e.g. `img_size=64`
+    for a ViT, `dynamic_img_size=True`, `drop_path_rate=0.1`).
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class TimmVisionTower(nn.Module):
         pretrained: bool = False,
         pretrained_path: str | Path | None = None,
         max_tokens: int | None = None,
+        feature_stage: int | None = None,
         keep_norm_statistics: bool = False,
         **model_kwargs: Any,
     ) -> None:
@@ -102,6 +107,7 @@ class TimmVisionTower(nn.Module):
         self.image_size = image_size
         self.max_tokens = max_tokens
         self.model = _create_timm_model(model_name, model_kwargs)
+        self.feature_stage = _checked_stage(self.model, model_name, feature_stage)
         if pretrained_path is not None:
             load_timm_weights(self.model, pretrained_path, model_name)
         # set from the config, not from whether a file was loaded: a checkpoint rebuilds the
@@ -114,7 +120,7 @@ class TimmVisionTower(nn.Module):
         self.register_buffer("input_shift", shift, persistent=False)  # (1, 3, 1, 1)
         self._layouts: dict[tuple[int, int], FeatureLayout] = {}
         size = _pair(image_size)
-        layout, unused = _probe(self.model, size, find_unused=True)
+        layout, unused = _probe(self.model, size, self.feature_stage, find_unused=True)
         self._layouts[size] = layout
         # Frozen, not deleted: the state_dict keeps timm's keys, so timm checkpoints still load.
         self.unused_parameter_names: tuple[str, ...] = tuple(unused)
@@ -133,7 +139,7 @@ class TimmVisionTower(nn.Module):
         """The feature layout for an image size (default: the configured one), probed once."""
         size = _pair(self.image_size if image_size is None else image_size)
         if size not in self._layouts:
-            self._layouts[size], _ = _probe(self.model, size, find_unused=False)
+            self._layouts[size], _ = _probe(self.model, size, self.feature_stage, find_unused=False)
         return self._layouts[size]
 
     def num_tokens(self, image_size: ImageSize | None = None) -> int:
@@ -170,7 +176,7 @@ class TimmVisionTower(nn.Module):
         normalized = self.normalize(pixels)
         if model is not self.model:  # the folded copy is laid out channels-last
             normalized = normalized.contiguous(memory_format=torch.channels_last)
-        features = model.forward_features(normalized)
+        features = run_features(model, normalized, self.feature_stage)
         return self.tokens(features, (pixels.shape[-2], pixels.shape[-1]))  # (B, N, C)
 
     def encoding_model(self) -> nn.Module:
@@ -186,7 +192,7 @@ class TimmVisionTower(nn.Module):
         # in-place updates (load_state_dict, an optimizer) bump _version; moves change data_ptr
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
         if self._folded is None or self._folded[0] != key:
-            self._folded = (key, _checked_fold(self.model, self.image_size))
+            self._folded = (key, _checked_fold(self.model, self.image_size, self.feature_stage))
         return self._folded[1] or self.model
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -194,8 +200,8 @@ class TimmVisionTower(nn.Module):
         return self.projector(tokens)
 
     def tokens(self, features: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
-        """`forward_features` output -> (B, N, C) tokens: prefix dropped, pooled to max_tokens."""
-        features, grid = _split_features(self.model, features, image_hw)
+        """`run_features` output -> (B, N, C) tokens: prefix dropped, pooled to max_tokens."""
+        features, grid = _split_features(self.model, features, image_hw, self.feature_stage)
         if grid is not None:
             return _grid_tokens(features, self.max_tokens)  # features (B, C, h, w)
         return _sequence_tokens(features, self.max_tokens)  # features (B, T, C)
@@ -246,7 +252,9 @@ class _AfterNorm(nn.Module):
         return self.act(self.drop(x))
 
 
-def _checked_fold(model: nn.Module, image_size: ImageSize) -> nn.Module | None:
+def _checked_fold(
+    model: nn.Module, image_size: ImageSize, stage: int | None = None
+) -> nn.Module | None:
     """`fold_batchnorm(model)`, laid out channels-last, if it folded anything and gives the
     model's features on a probe image (relative difference < 1e-4 in float32, 3e-2 in 16-bit
     types), else None: the model then runs unfolded."""
@@ -258,8 +266,9 @@ def _checked_fold(model: nn.Module, image_size: ImageSize) -> nn.Module | None:
     probe = torch.Generator().manual_seed(0)
     pixels = torch.randn(2, 3, *_pair(image_size), generator=probe).to(reference)  # (2, 3, H, W)
     with torch.no_grad():
-        expected = model.forward_features(pixels).float()
-        got = folded.forward_features(pixels.contiguous(memory_format=torch.channels_last)).float()
+        expected = run_features(model, pixels, stage).float()
+        channels_last = pixels.contiguous(memory_format=torch.channels_last)
+        got = run_features(folded, channels_last, stage).float()
     scale = expected.norm().clamp_min(1e-12)
     tolerance = 1e-4 if reference.dtype in (torch.float32, torch.float64) else 3e-2
     return folded if float((got - expected).norm() / scale) < tolerance else None
@@ -343,11 +352,43 @@ def _state_dict_differences(expected: dict[str, torch.Tensor], found: dict[str, 
     return "; ".join(parts)
 
 
+# ---------------------------------------------------------------------- which map
+def run_features(model: nn.Module, pixels: torch.Tensor, stage: int | None) -> torch.Tensor:
+    """The map the tokens come from: `forward_features` (stage None: the last map, final norm
+    or head conv included), or the NCHW map of `feature_info[stage]`, computing no further."""
+    if stage is None:
+        return model.forward_features(pixels)
+    maps = model.forward_intermediates(
+        pixels, indices=[stage], intermediates_only=True, stop_early=True
+    )
+    return maps[0]  # (B, C, h, w)
+
+
+def _checked_stage(model: nn.Module, model_name: str, stage: int | None) -> int | None:
+    if stage is None:
+        return None
+    stages = getattr(model, "feature_info", None)
+    if not hasattr(model, "forward_intermediates") or not stages:
+        raise ValueError(
+            f"feature_stage={stage}: timm model {model_name!r} has no forward_intermediates / "
+            f"feature_info; use feature_stage=None (the last map)"
+        )
+    if isinstance(stage, bool) or not 0 <= stage < len(stages):
+        described = ", ".join(
+            f"{index}: stride {info['reduction']}, {info['num_chs']} channels"
+            for index, info in enumerate(stages)
+        )
+        raise ValueError(
+            f"feature_stage={stage!r} is not a stage of {model_name!r}; it has {described}"
+        )
+    return stage
+
+
 # ---------------------------------------------------------------------- shapes without compute
 def _probe(
-    model: nn.Module, image_hw: tuple[int, int], *, find_unused: bool
+    model: nn.Module, image_hw: tuple[int, int], stage: int | None, *, find_unused: bool
 ) -> tuple[FeatureLayout, list[str]]:
-    """Layout of `forward_features` at one image size, and the names of parameters it never uses.
+    """Layout of `run_features` at one image size, and the names of parameters it never uses.
 
     Runs under FakeTensorMode (shapes only; cheap even for large models); if an op is not
     supported there, runs for real on zeros. Eval mode, so BatchNorm statistics stay untouched.
@@ -356,11 +397,11 @@ def _probe(
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         with FakeTensorMode(allow_non_fake_inputs=True):
-            return _run_probe(model, image_hw, find_unused)
+            return _run_probe(model, image_hw, stage, find_unused)
     except Exception:  # noqa: BLE001 - fall back to a real forward, which reports real errors
         pass
     try:
-        return _run_probe(model, image_hw, find_unused)
+        return _run_probe(model, image_hw, stage, find_unused)
     except Exception as error:
         raise ValueError(
             f"the timm model rejected a {image_hw[0]}x{image_hw[1]} image ({error}); for a ViT, "
@@ -369,7 +410,7 @@ def _probe(
 
 
 def _run_probe(
-    model: nn.Module, image_hw: tuple[int, int], find_unused: bool
+    model: nn.Module, image_hw: tuple[int, int], stage: int | None, find_unused: bool
 ) -> tuple[FeatureLayout, list[str]]:
     reference = next(iter(model.parameters()), None)
     dtype = reference.dtype if reference is not None else torch.float32
@@ -379,9 +420,9 @@ def _run_probe(
     try:
         with torch.set_grad_enabled(find_unused):
             pixels = torch.zeros(1, 3, *image_hw, dtype=dtype, device=device)  # (1, 3, H, W)
-            features = model.forward_features(pixels)
+            features = run_features(model, pixels, stage)
             unused = _unused_parameters(model, features) if find_unused else []
-        features, grid = _split_features(model, features, image_hw)
+        features, grid = _split_features(model, features, image_hw, stage)
     finally:
         model.train(was_training)
     if grid is not None:
@@ -401,11 +442,12 @@ def _unused_parameters(model: nn.Module, features: torch.Tensor) -> list[str]:
 
 # ---------------------------------------------------------------------- features -> tokens
 def _split_features(
-    model: nn.Module, features: torch.Tensor, image_hw: tuple[int, int]
+    model: nn.Module, features: torch.Tensor, image_hw: tuple[int, int], stage: int | None
 ) -> tuple[torch.Tensor, tuple[int, int] | None]:
     """-> ((B, C, h, w), (h, w)) for a known grid, else ((B, T, C) patch tokens, None)."""
     if features.ndim == 4:
-        if getattr(model, "output_fmt", "NCHW") == "NHWC":
+        # a stage map is NCHW whatever the model's own format (forward_intermediates' default)
+        if stage is None and getattr(model, "output_fmt", "NCHW") == "NHWC":
             features = features.permute(0, 3, 1, 2)  # (B, h, w, C) -> (B, C, h, w)
         return features, (features.shape[2], features.shape[3])
     if features.ndim != 3:
