@@ -278,34 +278,29 @@ PI0_PALIGEMMA = {
     "projection_dim": 2048,
 }
 
+# Pretrained vision for CPU runs: ImageNet EfficientNet-Lite0 (installed offline, see
+# vla/pretrained.py) on the cameras' own 128x128 frames; its stride-32 map is 4x4 = 16 tokens per
+# camera, as many as tiny-fast's. Trained frozen with per-frame features computed once
+# (optim.vision_lr_scale=0) or fine-tuned at a lower learning rate.
+TINY_EFFNET = VLAConfig(
+    backbone_config=TINY_FAST_PALIGEMMA,
+    image_size=128,
+    vision_tower="timm:tf_efficientnet_lite0",
+    vision_pretrained="efficientnet_lite0",
+    # a quickstart chain with three object boxes is ~100 tokens: 96 cut off the last box
+    max_reasoning_tokens=112,
+)
+
 NAMED_CONFIGS: dict[str, VLAConfig] = {
     "tiny": VLAConfig(backbone_config=TINY_PALIGEMMA, image_size=64),
     "tiny-timm": VLAConfig(
         backbone_config=TINY_PALIGEMMA, image_size=64, vision_tower="timm:resnet10t"
     ),
-    # Pretrained vision for CPU runs: ImageNet EfficientNet-Lite0 (installed offline, see
-    # vla/pretrained.py) on the cameras' own 128x128 frames; its stride-32 map is 4x4 = 16 tokens
-    # per camera, as many as tiny-fast's. Trained frozen with per-frame features computed once
-    # (optim.vision_lr_scale=0) or fine-tuned at a lower learning rate.
-    "tiny-effnet": VLAConfig(
-        backbone_config=TINY_FAST_PALIGEMMA,
-        image_size=128,
-        vision_tower="timm:tf_efficientnet_lite0",
-        vision_pretrained="efficientnet_lite0",
-        # a quickstart chain with three object boxes is ~100 tokens: 96 cut off the last box
-        max_reasoning_tokens=112,
-    ),
+    "tiny-effnet": TINY_EFFNET,
     # The same encoder's stride-16 stage: 8x8 = 64 tokens of 112 channels per camera at 128 px,
     # 4x tiny-effnet's tokens at a quarter of their cells' size, for wide layouts where an object
     # must be found in the image (the 14-task tabletop suite), not from the layout's prior.
-    "tiny-effnet-s16": VLAConfig(
-        backbone_config=TINY_FAST_PALIGEMMA,
-        image_size=128,
-        vision_tower="timm:tf_efficientnet_lite0",
-        vision_pretrained="efficientnet_lite0",
-        vision_feature_stage=3,
-        max_reasoning_tokens=112,
-    ),
+    "tiny-effnet-s16": dataclasses.replace(TINY_EFFNET, vision_feature_stage=3),
     # The quickstart's: 16x16 patches give 16 image tokens per camera instead of 64, which makes
     # an act-only training step 2.3x cheaper on a 2-core CPU (benchmarks/train_step.py).
     "tiny-fast": VLAConfig(backbone_config=TINY_FAST_PALIGEMMA, image_size=64),
