@@ -160,6 +160,27 @@ def test_stats_processor_tokenizer_and_train_config_round_trip(
         assert copied.exists() and (source.is_dir() or copied.read_bytes() == source.read_bytes())
 
 
+def test_a_trained_position_embedding_round_trips(stats: dict, tmp_path: Path) -> None:
+    """The timm tower's per-cell position embedding is a learned tensor of the checkpoint, and
+    config.json brings it back: a reload with a changed embedding acts as the saved model does."""
+    torch.manual_seed(0)
+    config = VLAConfig.named("tiny-timm", vision_position_embedding=True, **TINY)
+    model = VLAModel(config).eval()
+    position = model.backbone.timm_tower.position_embedding
+    with torch.no_grad():
+        position.add_(torch.randn_like(position))  # as training would move it off its init
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "pos", model, config, stats))
+    assert loaded.model.config.vision_position_embedding
+    restored = loaded.model.backbone.timm_tower.position_embedding
+    assert torch.equal(restored, position)
+    assert torch.equal(sample(model), sample(loaded.model))
+
+
+def test_a_position_embedding_on_siglip_is_refused() -> None:
+    with pytest.raises(ValueError, match="vision_position_embedding is for a timm"):
+        VLAConfig.named("tiny", vision_position_embedding=True)
+
+
 def test_optional_parts_are_optional(model: VLAModel, stats: dict, tmp_path: Path) -> None:
     loaded = load_checkpoint(save_checkpoint(tmp_path / "bare", model, model.config, stats))
     assert loaded.tokenizer_dir is None and loaded.train_config is None

@@ -357,3 +357,45 @@ def test_feature_stage_takes_the_finer_map_and_freezes_the_layers_after_it() -> 
 def test_a_feature_stage_the_model_lacks_names_the_stages() -> None:
     with pytest.raises(ValueError, match=r"feature_stage=7 .*3: stride 16, 112 channels"):
         TimmVisionTower("tf_efficientnet_lite0", 128, OUT_WIDTH, feature_stage=7)
+
+
+# ---------------------------------------------------------------------- position embedding
+def test_sincos_position_embedding_gives_every_cell_its_own_row_and_column_code() -> None:
+    from vla.vision import sincos_position_embedding
+
+    table = sincos_position_embedding(3, 4, 16)  # (12, 16), row-major cells
+    assert table.shape == (12, 16) and table.dtype == torch.float32
+    cells = table.reshape(3, 4, 16)
+    # the first half of the channels depends on the row only, the second on the column only
+    assert torch.equal(cells[:, :1, :8].expand(3, 4, 8), cells[..., :8])
+    assert torch.equal(cells[:1, :, 8:].expand(3, 4, 8), cells[..., 8:])
+    assert len({tuple(row.tolist()) for row in table}) == 12
+    with pytest.raises(ValueError, match="divisible by 4, got 18"):
+        sincos_position_embedding(2, 2, 18)
+
+
+def test_position_embedding_is_added_per_cell_and_trains() -> None:
+    """Each token gets its own cell's row of the embedding, the same for every image of a batch,
+    and the embedding gets a gradient (it is trained with the projector, even when the encoder
+    is frozen and its features come from a cache)."""
+    torch.manual_seed(0)
+    tower = TimmVisionTower(
+        "tf_efficientnet_lite0", 128, 32, feature_stage=3, position_embedding=True
+    )
+    tower = with_random_statistics(tower, seed=0).eval()
+    position = tower.position_embedding
+    assert position is not None and position.shape == (64, 32)  # 8 x 8 cells at stride 16
+    pixels = images(size=128)
+    features = tower.encode(pixels).detach()  # (B, 64, 112), what a feature cache holds
+    tokens = tower.project(features)  # (B, 64, 32)
+    expected = tower.projector(features) + position[None]
+    torch.testing.assert_close(tokens, expected, rtol=0, atol=0)
+    tokens.square().sum().backward()
+    assert position.grad is not None and position.grad.abs().min() > 0
+
+
+def test_position_embedding_refuses_another_token_count() -> None:
+    tower = TimmVisionTower("resnet10t", IMAGE_SIZE, OUT_WIDTH, position_embedding=True)
+    assert tower.position_embedding is not None and tower.position_embedding.shape == (4, 24)
+    with pytest.raises(ValueError, match=r"16 image tokens, but the position embedding has 4"):
+        tower(images(size=128))  # 4 x 4 cells where the model was built for 2 x 2

@@ -144,6 +144,7 @@ class PaliGemmaBackbone(Backbone):
                 pretrained_path=pretrained_path,
                 max_tokens=config.vision_max_tokens,
                 feature_stage=config.vision_feature_stage,
+                position_embedding=config.vision_position_embedding,
                 **config.vision_tower_kwargs,
             )
         self.embed_tokens = model.model.language_model.embed_tokens

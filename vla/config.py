@@ -48,6 +48,9 @@ class VLAConfig:
     # a timm tower's tokens from an earlier, finer map: index into its feature_info (None: the
     # last map). tiny-effnet-s16 uses 3, EfficientNet-Lite0's stride-16 stage.
     vision_feature_stage: int | None = None
+    # a learned per-cell position embedding added to a timm convnet's tokens (started at 2-D
+    # sines and cosines), so the decoder can tell where in the image a token lies
+    vision_position_embedding: bool = False
     # --- inputs
     cameras: tuple[str, ...] = DEFAULT_CAMERAS
     # the model's internal square image size; cameras may render at another resolution (the
@@ -98,6 +101,11 @@ class VLAConfig:
         if self.vision_tower != "siglip" and not self.vision_tower.startswith("timm:"):
             raise ValueError(
                 f"vision_tower must be 'siglip' or 'timm:<model name>', got {self.vision_tower!r}"
+            )
+        if self.vision_position_embedding and self.vision_tower == "siglip":
+            raise ValueError(
+                "vision_position_embedding is for a timm:<convnet> tower; SigLIP embeds "
+                "positions itself"
             )
         if self.vision_pretrained is not None and self.vision_tower == "siglip":
             raise ValueError(

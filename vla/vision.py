@@ -88,6 +88,7 @@ class TimmVisionTower(nn.Module):
         max_tokens: int | None = None,
         feature_stage: int | None = None,
         keep_norm_statistics: bool = False,
+        position_embedding: bool = False,
         **model_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -129,6 +130,19 @@ class TimmVisionTower(nn.Module):
                 parameter.requires_grad_(False)
         self.feature_dim = layout.channels
         self.projector = nn.Linear(layout.channels, out_width)
+        # A convnet's cell knows where it lies only implicitly (through the padding its
+        # receptive field reaches), and the decoder's 1-D rotary positions over the flattened
+        # grid do not say which row and column: a learned embedding per cell, started at 2-D
+        # sines and cosines, says so explicitly (N, out_width).
+        self.position_embedding: nn.Parameter | None = None
+        if position_embedding:
+            grid = self.token_grid()
+            if grid is None:
+                raise ValueError(
+                    f"position_embedding needs tokens on a known grid; {model_name!r} returns a "
+                    f"token sequence of unknown layout"
+                )
+            self.position_embedding = nn.Parameter(sincos_position_embedding(*grid, out_width))
         # (weights key, BatchNorm-folded copy of `model`); a plain attribute, not a submodule,
         # so it is neither saved nor trained. None until the first call that can use it.
         self._folded: tuple[tuple, nn.Module | None] | None = None
@@ -144,13 +158,21 @@ class TimmVisionTower(nn.Module):
 
     def num_tokens(self, image_size: ImageSize | None = None) -> int:
         """N, the tokens per image `forward` returns, without running a real forward."""
+        grid = self.token_grid(image_size)
+        if grid is not None:
+            return grid[0] * grid[1]
         layout = self.layout(image_size)
-        if self.max_tokens is None or layout.length <= self.max_tokens:
-            return layout.length
+        return layout.length if self.max_tokens is None else min(layout.length, self.max_tokens)
+
+    def token_grid(self, image_size: ImageSize | None = None) -> tuple[int, int] | None:
+        """The (h, w) cells the tokens come from, after pooling to max_tokens; None when the
+        model returns a sequence without a known grid."""
+        layout = self.layout(image_size)
         if layout.grid is None:
-            return self.max_tokens
-        pooled_h, pooled_w = pooled_grid(*layout.grid, self.max_tokens)
-        return pooled_h * pooled_w
+            return None
+        if self.max_tokens is None:
+            return layout.grid
+        return pooled_grid(*layout.grid, self.max_tokens)
 
     # ------------------------------------------------------------------ forward
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -197,7 +219,16 @@ class TimmVisionTower(nn.Module):
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, feature_dim) encoder tokens -> (B, N, out_width) decoder tokens."""
-        return self.projector(tokens)
+        projected = self.projector(tokens)  # (B, N, out_width)
+        if self.position_embedding is None:
+            return projected
+        if projected.shape[1] != self.position_embedding.shape[0]:
+            raise ValueError(
+                f"{projected.shape[1]} image tokens, but the position embedding has "
+                f"{self.position_embedding.shape[0]} (the {self.token_grid()} grid of "
+                f"{self.image_size}-pixel images): feed images at the model's image_size"
+            )
+        return projected + self.position_embedding.to(projected.dtype)
 
     def tokens(self, features: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
         """`run_features` output -> (B, N, C) tokens: prefix dropped, pooled to max_tokens."""
@@ -506,6 +537,26 @@ def pooled_grid(height: int, width: int, max_tokens: int) -> tuple[int, int]:
     pooled_h = min(height, max(1, math.isqrt(max_tokens * height // width)))
     pooled_w = min(width, max(1, math.isqrt(max_tokens * width // height)))
     return pooled_h, min(pooled_w, max_tokens // pooled_h)
+
+
+def sincos_position_embedding(height: int, width: int, dim: int) -> torch.Tensor:
+    """(height * width, dim) fixed 2-D sine-cosine embedding of a row-major grid: the first half
+    of the channels encodes the row, the second the column, each at geometric frequencies (as
+    MAE's ViTs start theirs). dim must be a multiple of 4."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sine-cosine embedding needs a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, columns = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64),
+        torch.arange(width, dtype=torch.float64),
+        indexing="ij",
+    )
+    parts = []
+    for coordinate in (rows.reshape(-1), columns.reshape(-1)):
+        angles = coordinate[:, None] * frequencies[None, :]  # (h*w, dim/4)
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1).float()  # (h*w, dim)
 
 
 def _pair(size: ImageSize) -> tuple[int, int]:
