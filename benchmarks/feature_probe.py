@@ -1,11 +1,13 @@
-"""Can an object's position be read off the frozen encoder's features at all? A linear probe.
+"""Can an object's position be read off the frozen encoder's features at all? Two probes.
 
 Why: on the wide tabletop layout the chain's generated object boxes are as far from the objects
 as always answering each object's mean position (docs/results.md), even on training frames. That
 is either the encoder's features (the objects' places are not in them) or the decoder (they are,
-and it does not learn to read them). A ridge regression from one camera's per-frame tokens
-(all cells, flattened) to an object's box centre separates the two: fit on four in five
-episodes, scored on the fifth (scenes the probe never saw), against the mean-position answer.
+and it does not learn to read them). Two probes from one camera's per-frame tokens to an
+object's box centre separate the two: a ridge regression over all cells, flattened, and one
+linear score per cell with a soft-argmax over the cells (`fit_cell_probe`). Both fit on four
+in five episodes and are scored on the fifth (scenes they never saw), against the
+mean-position answer.
 
     .venv/bin/python benchmarks/feature_probe.py --dataset outputs/tt4/dataset \
         --model tiny-effnet-s16 [--objects "red cube" bowl] [--camera agentview]
@@ -113,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.camera not in features.tables:
         raise SystemExit(f"no camera {args.camera!r}; the dataset has {sorted(features.tables)}")
     table = features.tables[args.camera]  # (F, N, C) float16
+    grid = tower.token_grid()
+    if grid is None:
+        raise SystemExit(f"{args.model}'s tokens have no grid: the per-cell probe needs one")
+    # box labels are in the stored frame's pixels, which may differ from the model's image_size
+    image_px = next(camera.height for camera in spec.cameras if camera.name == args.camera)
     held_out_rows = np.zeros(reader.num_frames, dtype=bool)
     for number, episode in enumerate(reader.episodes):
         if number % args.held_out_every == args.held_out_every - 1:
@@ -124,9 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.camera}); held out: every {args.held_out_every}th episode, ridge penalty "
         f"{args.penalty:g}"
     )
-    grid = tower.token_grid()
-    if grid is None:
-        raise SystemExit(f"{args.model}'s tokens have no grid: the per-cell probe needs one")
     print(
         "| object | ridge, held-out scenes | ridge, its training rows | per-cell, held-out "
         "| per-cell, training rows | mean position, held-out |"
@@ -134,18 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in args.objects:
         rows, centres = box_centres(reader, name)
-        x = table[torch.from_numpy(rows)].flatten(1).double()  # (R, N*C)
+        tokens = table[torch.from_numpy(rows)]  # (R, N, C) float16
         y = torch.from_numpy(centres)  # (R, 2)
         train = torch.from_numpy(~held_out_rows[rows])
-        mean, std = x[train].mean(0), x[train].std(0) + 1e-6
-        x = (x - mean) / std
+        prior = y[train].mean(0).expand_as(y)
+
+        x = tokens.flatten(1).double()  # (R, N*C), each feature standardized on its own
+        x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
         weights = ridge(x[train], y[train], args.penalty)
         predicted = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1) @ weights
 
-        prior = y[train].mean(0).expand_as(y)
-        cells = table[torch.from_numpy(rows)].float()  # (R, N, C)
+        cells = tokens.float()  # (R, N, C), each channel standardized over all cells
         cells = (cells - cells[train].mean((0, 1))) / (cells[train].std((0, 1)) + 1e-6)
-        image_px = spec.cameras[0].height
         probe = fit_cell_probe(cells[train], y[train].float(), grid, image_px, args.probe_steps)
         with torch.no_grad():
             located = probe(cells).double()
