@@ -130,6 +130,18 @@ def test_reasoning_dropout(processor: Processor) -> None:
         half.reasoning_text(frame, np.random.default_rng(seed)) is None for seed in range(400)
     )
     assert 150 < dropped < 250
+    snapped = Processor(
+        processor.config,
+        ProcessorConfig(reasoning_dropout=0.0, tag_dropout=0.0, reasoning_pixel_step=8),
+        dataset_stats(),
+        processor.tokenizer,
+    )
+    assert snapped.reasoning_text(frame, rng) == (
+        "PLAN: pick up the red cube; place it on the plate. SUBTASK: pick up the red cube. "
+        "MOVE: move left down. GRIPPER: [64,40] [64,48]. OBJECTS: red cube [48,40,64,48]."
+    )
+    with pytest.raises(ValueError, match="reasoning_pixel_step must be >= 1"):
+        ProcessorConfig(reasoning_pixel_step=0)
     ids, mask = processor.encode_reasoning([format_reasoning(REASONING), None])
     assert mask[1].sum() == 0 and ids[0, mask[0].sum() - 1] == processor.tokenizer.eos_token_id
     assert processor.decode_reasoning(ids, mask) == [format_reasoning(REASONING), ""]

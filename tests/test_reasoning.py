@@ -15,6 +15,7 @@ from data.reasoning import (
     ReasoningParseError,
     format_reasoning,
     parse_reasoning,
+    snap_pixels,
 )
 
 try:
@@ -454,3 +455,33 @@ if HAVE_HYPOTHESIS:
         except ReasoningParseError:
             pass
         parse_reasoning(text, strict=False)
+
+
+# --------------------------------------------------------------------------- pixel snapping
+
+
+def test_snap_pixels_rounds_every_coordinate_and_keeps_the_text() -> None:
+    snapped = snap_pixels(EXAMPLE_REASONING, 8)
+    assert snapped.gripper_px == (
+        (64, 40),
+        (64, 48),
+        (64, 48),
+        (56, 48),
+        (56, 56),
+    )  # 44/8 = 5.5 -> 6
+    assert [o.box for o in snapped.objects] == [(48, 40, 64, 48), (80, 72, 112, 96)]
+    assert (snapped.plan, snapped.subtask, snapped.move) == (
+        EXAMPLE_REASONING.plan,
+        EXAMPLE_REASONING.subtask,
+        EXAMPLE_REASONING.move,
+    )
+    assert [o.name for o in snapped.objects] == ["red cube", "bowl"]
+    assert snap_pixels(snapped, 8) == snapped, "snapping is idempotent"
+    assert parse_reasoning(format_reasoning(snapped)) == snapped
+
+
+def test_snap_pixels_step_one_is_identity_and_bad_steps_are_refused() -> None:
+    assert snap_pixels(EXAMPLE_REASONING, 1) is EXAMPLE_REASONING
+    assert snap_pixels(Reasoning(), 8) == Reasoning()
+    with pytest.raises(ValueError, match="pixel step must be an integer >= 1, got 0"):
+        snap_pixels(EXAMPLE_REASONING, 0)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from data.normalize import MODE_STATS, FeatureNormalizer, Normalizer, NormMode
-from data.reasoning import REASONING_TAGS, Reasoning, format_reasoning
+from data.reasoning import REASONING_TAGS, Reasoning, format_reasoning, snap_pixels
 from data.schema import (
     ACTION_IS_PAD_KEY,
     ACTION_KEY,
@@ -87,6 +87,10 @@ class ProcessorConfig:
     # (a reused one, or one generated with errors) instead of trusting it over the images.
     stale_chain: float = 0.0
     stale_chain_lag: int = 8
+    # Chain targets' pixel coordinates (gripper trace, object boxes) rounded to multiples of
+    # this (data.reasoning.snap_pixels): 1 keeps exact pixels; 8 gives 16 classes per axis, so
+    # a near miss is a hit instead of costing as much as any miss.
+    reasoning_pixel_step: int = 1
     # Random-shift augmentation (training): each image is padded by this many pixels (edge
     # replicated, at the model's resolution) and cropped back at a random offset, so the policy
     # cannot key on exact pixel positions of a few dozen demonstrations (DrQ / Diffusion Policy).
@@ -101,6 +105,10 @@ class ProcessorConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
         if self.stale_chain_lag < 1:
             raise ValueError(f"stale_chain_lag must be >= 1, got {self.stale_chain_lag}")
+        if self.reasoning_pixel_step < 1:
+            raise ValueError(
+                f"reasoning_pixel_step must be >= 1 (1 = exact pixels), got {self.reasoning_pixel_step}"
+            )
         modes = [mode.value for mode in NormMode]
         for name in ("state_norm", "action_norm"):
             value = getattr(self, name)
@@ -342,6 +350,7 @@ class ReasoningTargets(Step):
     reasoning_dropout: float
     tag_dropout: float
     stale_chain: float = 0.0
+    pixel_step: int = 1
     training_only: ClassVar[bool] = True
 
     def __call__(self, batch: Batch, context: StepContext) -> Batch:
@@ -374,7 +383,7 @@ class ReasoningTargets(Step):
         """One frame's target text after dropout; None = no chain for this sample."""
         if rng.random() < self.reasoning_dropout:
             return None
-        reasoning = Reasoning.from_frame(frame)
+        reasoning = snap_pixels(Reasoning.from_frame(frame), self.pixel_step)
         kept = [tag for tag in REASONING_TAGS if rng.random() >= self.tag_dropout]
         text = format_reasoning(
             reasoning, include=kept or [REASONING_TAGS[int(rng.integers(len(REASONING_TAGS)))]]
@@ -504,6 +513,7 @@ class Processor:
             settings.reasoning_dropout,
             settings.tag_dropout,
             settings.stale_chain,
+            settings.reasoning_pixel_step,
         )
         self.pipeline = Pipeline(
             (
