@@ -8,13 +8,19 @@ of it enters observations. For each pick-and-place step of a task it moves throu
 each a target pose for a proportional controller that emits OSC_POSE delta actions. A grasp that
 did not lift the object sends it back to `approach` (at most MAX_REGRASPS times). Demonstrations
 are varied by Gaussian action noise and jittered heights, seeded, so they are not all identical.
+
+Why a world protocol (`ExpertWorld`): the phase machine is the same for our table-top suites and
+for real LIBERO; what differs is geometry (where to close the fingers on a cube, a can or a bowl's
+rim; how high to carry; where to let go). `TabletopWorld` answers from our object kinds;
+`sim.libero_expert.LiberoWorld` from LIBERO's meshes and BDDL goal. `world_of(env)` picks one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, Protocol
 
 import numpy as np
 from robosuite.utils import transform_utils
@@ -65,9 +71,134 @@ class ExpertStep:
     subtask_index: int  # index into task.plan(): 2k = pick, 2k+1 = place
 
 
-class ScriptedExpert:
-    def __init__(self, env: TabletopEnv, seed: int = 0, action_noise: float = 0.05) -> None:
+class ExpertWorld(Protocol):
+    """What the phase machine asks of a scene (module docstring). Positions are world-frame
+    metres (3,), quaternions robosuite's (x, y, z, w)."""
+
+    @property
+    def steps(self) -> Sequence[PlaceStep]: ...
+
+    def eef_position(self) -> np.ndarray: ...
+
+    def eef_quaternion(self) -> np.ndarray: ...
+
+    def approach_position(self, obj: str, hover: float) -> np.ndarray:
+        """Where the gripper waits above `obj` before descending onto it."""
+        ...
+
+    def grasp_position(self, obj: str) -> np.ndarray:
+        """Where the gripper's grip site closes on `obj`."""
+        ...
+
+    def grasp_rotation(self, obj: str, reference: np.ndarray) -> np.ndarray:
+        """The gripper orientation (3, 3) for grasping `obj`: `reference` turned about the
+        vertical so the fingers meet two faces it can hold."""
+        ...
+
+    def carry_height(self, step: PlaceStep) -> float:
+        """Grip-site height at which the held `step.obj` clears everything up to the target."""
+        ...
+
+    def release_position(self, step: PlaceStep) -> np.ndarray:
+        """Grip-site position at which to open the fingers over `step.target`."""
+        ...
+
+    def holding(self, step: PlaceStep) -> bool:
+        """Whether `step.obj` is lifted off its support and in the gripper."""
+        ...
+
+
+class TabletopWorld:
+    """`ExpertWorld` of our table-top suites (sim/env.py): cubes, cylinders and receptacles whose
+    sizes come from their kinds (sim/objects.py)."""
+
+    def __init__(self, env: TabletopEnv) -> None:
         self.env = env
+
+    @property
+    def steps(self) -> Sequence[PlaceStep]:
+        return self.env.task.steps
+
+    def eef_position(self) -> np.ndarray:
+        return self.env.eef_position()
+
+    def eef_quaternion(self) -> np.ndarray:
+        return self.env.eef_quaternion()
+
+    def approach_position(self, obj: str, hover: float) -> np.ndarray:
+        return self.env.object_position(obj) + [0, 0, hover]
+
+    def grasp_position(self, obj: str) -> np.ndarray:
+        return self.env.object_position(obj) + [0, 0, -0.004]
+
+    def grasp_rotation(self, obj: str, reference: np.ndarray) -> np.ndarray:
+        """A cube's faces repeat every 90°; a cylinder needs no turn."""
+        if self.env.object_kind(obj) != "cube":
+            return reference
+        return turned_about_vertical(reference, self.env.object_yaw(obj), np.pi / 2)
+
+    def carry_height(self, step: PlaceStep) -> float:
+        """High enough that the held object clears the table and the target's rim."""
+        table_z = TABLE_OFFSET[2]
+        target_top = self.env.object_position(step.target)[2] + half_height(
+            self.env.object_kind(step.target)
+        )
+        object_height = 2 * half_height(self.env.object_kind(step.obj))
+        return max(table_z + 0.12, target_top + object_height + 0.04)
+
+    def release_position(self, step: PlaceStep) -> np.ndarray:
+        target = self.env.object_position(step.target)
+        target_kind, obj_kind = self.env.object_kind(step.target), self.env.object_kind(step.obj)
+        if target_kind in RECEPTACLE_KINDS:
+            floor = (
+                target[2] - half_height(target_kind) + RECEPTACLE_KINDS[target_kind].floor_height
+            )
+            return np.array([target[0], target[1], floor + half_height(obj_kind) + 0.02])
+        return np.array(
+            [
+                target[0],
+                target[1],
+                target[2] + half_height(target_kind) + half_height(obj_kind) + 0.012,
+            ]
+        )
+
+    def holding(self, step: PlaceStep) -> bool:
+        obj = self.env.object_position(step.obj)
+        resting_z = TABLE_OFFSET[2] + half_height(self.env.object_kind(step.obj))
+        return obj[2] > resting_z + 0.03 and self.env.touching(step.obj)
+
+
+def turned_about_vertical(reference: np.ndarray, face_yaw: float, period: float) -> np.ndarray:
+    """`reference` (3, 3) turned about the world's vertical by the smallest angle that lines the
+    fingers (the Panda closes them along its local y) up with a face at `face_yaw`, given that the
+    object looks the same after turning by `period` (pi/2 for a square, pi for a box)."""
+    finger_axis = reference[:, 1]
+    finger_angle = np.arctan2(finger_axis[1], finger_axis[0])
+    turn = (face_yaw - finger_angle + period / 2) % period - period / 2
+    rotation_z = np.array(
+        [[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]]
+    )
+    return rotation_z @ reference
+
+
+def world_of(env: Any) -> ExpertWorld:
+    """The `ExpertWorld` of a task env: ours or a LIBERO one (imported only when needed)."""
+    if isinstance(env, TabletopEnv):
+        return TabletopWorld(env)
+    from sim.libero_env import LiberoEnv
+
+    if isinstance(env, LiberoEnv):
+        from sim.libero_expert import LiberoWorld
+
+        return LiberoWorld(env)
+    raise TypeError(
+        f"no scripted expert for {type(env).__name__}: expected a TabletopEnv or LiberoEnv"
+    )
+
+
+class ScriptedExpert:
+    def __init__(self, world: ExpertWorld, seed: int = 0, action_noise: float = 0.05) -> None:
+        self.world = world
         self.rng = np.random.default_rng(seed)
         self.action_noise = action_noise
         self.reset()
@@ -77,7 +208,7 @@ class ScriptedExpert:
         self.phase = Phase.APPROACH
         self.phase_steps = 0
         self.regrasps = 0
-        self.reference_rotation = transform_utils.quat2mat(self.env.eef_quaternion())
+        self.reference_rotation = transform_utils.quat2mat(self.world.eef_quaternion())
         self.target_rotation = self.reference_rotation
         self.hover = self.rng.uniform(0.08, 0.12)
         self.carry_jitter = self.rng.uniform(0.0, 0.04)
@@ -91,9 +222,9 @@ class ScriptedExpert:
     def act(self) -> ExpertStep:
         if self.phase is Phase.DONE:
             return self._record(np.array([0, 0, 0, 0, 0, 0, -1.0]))
-        step = self.env.task.steps[self.step_index]
+        step = self.world.steps[self.step_index]
         target, gripper, tolerance, speed = self._phase_target(step)
-        error = target - self.env.eef_position()
+        error = target - self.world.eef_position()
         converged = np.linalg.norm(error) < tolerance
         action = np.zeros(7)
         action[:3] = np.clip(error / POSITION_SCALE * 2.0, -speed, speed)
@@ -115,63 +246,34 @@ class ScriptedExpert:
 
     def _record(self, action: np.ndarray) -> ExpertStep:
         pick = self.phase in PICK_PHASES
-        index = min(self.step_index, len(self.env.task.steps) - 1)
+        index = min(self.step_index, len(self.world.steps) - 1)
         subtask = 2 * index + (0 if pick and self.phase is not Phase.DONE else 1)
         return ExpertStep(action.astype(np.float32), self.phase, index, subtask)
 
     def _phase_target(self, step: PlaceStep) -> tuple[np.ndarray, float, float, float]:
         """(target eef position, gripper command, convergence tolerance, max action) of the phase."""
-        obj = self.env.object_position(step.obj)
-        eef = self.env.eef_position()
-        table_z = TABLE_OFFSET[2]
+        world = self.world
+        eef = world.eef_position()
         if self.phase is Phase.APPROACH:
-            return obj + [0, 0, self.hover], -1.0, 0.012, 0.7
+            return world.approach_position(step.obj, self.hover), -1.0, 0.012, 0.7
         if self.phase is Phase.DESCEND:
-            return obj + [0, 0, -0.004], -1.0, 0.006, 0.5
+            return world.grasp_position(step.obj), -1.0, 0.006, 0.5
         if self.phase is Phase.GRASP:
             return eef, 1.0, np.inf, 0.0
+        carry_z = world.carry_height(step) + self.carry_jitter
         if self.phase is Phase.LIFT:
-            return np.array([eef[0], eef[1], self._carry_height(step, table_z)]), 1.0, 0.015, 0.7
-        release = self._release_position(step)
+            return np.array([eef[0], eef[1], carry_z]), 1.0, 0.015, 0.7
+        release = world.release_position(step)
         if self.phase is Phase.CARRY:
-            return (
-                np.array([release[0], release[1], self._carry_height(step, table_z)]),
-                1.0,
-                0.012,
-                0.7,
-            )
+            return np.array([release[0], release[1], carry_z]), 1.0, 0.012, 0.7
         if self.phase is Phase.LOWER:
             return release, 1.0, 0.008, 0.5
         if self.phase is Phase.RELEASE:
             return eef, -1.0, np.inf, 0.0
         return np.array([eef[0], eef[1], release[2] + 0.10]), -1.0, 0.02, 0.7  # RETREAT
 
-    def _carry_height(self, step: PlaceStep, table_z: float) -> float:
-        """High enough that the held object clears the table and the target's rim."""
-        target_top = self.env.object_position(step.target)[2] + half_height(
-            self.env.object_kind(step.target)
-        )
-        object_height = 2 * half_height(self.env.object_kind(step.obj))
-        return max(table_z + 0.12, target_top + object_height + 0.04) + self.carry_jitter
-
-    def _release_position(self, step: PlaceStep) -> np.ndarray:
-        target = self.env.object_position(step.target)
-        target_kind, obj_kind = self.env.object_kind(step.target), self.env.object_kind(step.obj)
-        if target_kind in RECEPTACLE_KINDS:
-            floor = (
-                target[2] - half_height(target_kind) + RECEPTACLE_KINDS[target_kind].floor_height
-            )
-            return np.array([target[0], target[1], floor + half_height(obj_kind) + 0.02])
-        return np.array(
-            [
-                target[0],
-                target[1],
-                target[2] + half_height(target_kind) + half_height(obj_kind) + 0.012,
-            ]
-        )
-
     def _rotation_error(self) -> np.ndarray:
-        current = transform_utils.quat2mat(self.env.eef_quaternion())
+        current = transform_utils.quat2mat(self.world.eef_quaternion())
         error = self.target_rotation @ current.T
         return transform_utils.quat2axisangle(transform_utils.mat2quat(error))
 
@@ -183,14 +285,14 @@ class ScriptedExpert:
 
     def _advance(self, step: PlaceStep) -> None:
         order = list(Phase)
-        if self.phase is Phase.LIFT and not self._holding(step):
+        if self.phase is Phase.LIFT and not self.world.holding(step):
             if self.regrasps < MAX_REGRASPS:
                 self.regrasps += 1
                 self._start_phase(Phase.APPROACH)
                 return
         if self.phase is Phase.RETREAT:
             self.step_index += 1
-            if self.step_index >= len(self.env.task.steps):
+            if self.step_index >= len(self.world.steps):
                 self.phase = Phase.DONE
                 return
             self.regrasps = 0
@@ -198,33 +300,16 @@ class ScriptedExpert:
             return
         self._start_phase(order[order.index(self.phase) + 1])
 
-    def _holding(self, step: PlaceStep) -> bool:
-        obj = self.env.object_position(step.obj)
-        resting_z = TABLE_OFFSET[2] + half_height(self.env.object_kind(step.obj))
-        return obj[2] > resting_z + 0.03 and self.env.touching(step.obj)
-
     def _start_phase(self, phase: Phase) -> None:
         self.phase = phase
         self.phase_steps = 0
         if phase is Phase.APPROACH:
-            self.target_rotation = self._grasp_rotation(self.env.task.steps[self.step_index])
-
-    def _grasp_rotation(self, step: PlaceStep) -> np.ndarray:
-        """Reference orientation turned about the vertical so the fingers meet two faces of the
-        object (a cube's faces repeat every 90°; a cylinder needs no turn)."""
-        if self.env.object_kind(step.obj) != "cube":
-            return self.reference_rotation
-        finger_axis = self.reference_rotation[:, 1]  # the Panda's fingers close along its local y
-        finger_angle = np.arctan2(finger_axis[1], finger_axis[0])
-        turn = (self.env.object_yaw(step.obj) - finger_angle + np.pi / 4) % (np.pi / 2) - np.pi / 4
-        rotation_z = np.array(
-            [[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]]
-        )
-        return rotation_z @ self.reference_rotation
+            obj = self.world.steps[self.step_index].obj
+            self.target_rotation = self.world.grasp_rotation(obj, self.reference_rotation)
 
 
 def rollout(
-    env: TabletopEnv,
+    env: Any,
     expert_seed: int,
     *,
     scene_seed: int | None = None,
@@ -236,7 +321,7 @@ def rollout(
     step)` sees every frame together with the action about to be taken (for recording)."""
     options = {"init_state": init_state} if init_state is not None else None
     observation, info = env.reset(seed=scene_seed, options=options)
-    expert = ScriptedExpert(env, seed=expert_seed)
+    expert = ScriptedExpert(world_of(env), seed=expert_seed)
     for _ in range(env.max_episode_steps):
         step = expert.act()
         if before_step is not None:

@@ -66,16 +66,11 @@ class SuiteEnv(gym.Env):
         observation, info = self.env.reset(seed=seed, options=options or None)
         info = {**info, "max_episode_steps": self.env.max_episode_steps}
         if self.oracle_expert:
-            from sim.env import TabletopEnv
-            from sim.expert import ScriptedExpert  # only the oracle needs the planner
+            from sim.expert import ScriptedExpert, world_of  # only the oracle needs the planner
 
-            if not isinstance(self.env, TabletopEnv):
-                raise TypeError(
-                    f"oracle_expert needs one of our table-top suites; {self.suite!r} has no scripted expert"
-                )
             # Seeded by the episode, not the worker, so results do not depend on scheduling.
             expert_seed = int(options.get("init_state", seed or 0))
-            self._expert = ScriptedExpert(self.env, seed=expert_seed)
+            self._expert = ScriptedExpert(world_of(self.env), seed=expert_seed)
             observation = self._with_expert_action(observation)
         return observation, info
 

@@ -1,0 +1,262 @@
+"""The scripted expert's world on real LIBERO: its goal from the task's BDDL, geometry from meshes.
+
+`LiberoWorld` answers `sim.expert.ExpertWorld` for a `LiberoEnv`, so the same phase machine that
+solves our table-top suites (approach, descend, grasp, lift, carry, lower, release, retreat)
+solves LIBERO's pick-and-place tasks. Everything it reads is privileged simulator state, used only
+to choose actions.
+
+Why geometry from the collision meshes and not from a table of object sizes: LIBERO has ~60
+object models (cans, cartons, bowls, boxes, bottles) whose origins sit anywhere in their meshes,
+and a hand-kept table would drift from the package. Each object's box is measured every step from
+MuJoCo's per-geom bounding boxes (`geom_aabb`, posed by the geom's current frame):
+
+- **where to grasp**: an object narrower than the open gripper is grasped at its centre, a few
+  centimetres below its top (the fingers are ~4 cm long); a wider one (a bowl) by its rim, on the
+  side facing the robot's base (the most reachable), the fingers across the wall;
+- **which way to turn**: the fingers close across the object's shorter side (a box repeats every
+  180°, a square or round footprint every 90°);
+- **how high to carry and where to let go**: the held object's bottom clears every other movable
+  object and the target's top; it is let go with its centre over the target's centre (or over the
+  BDDL region's site, e.g. a basket's contain region) and its bottom just above the target's top,
+  both read from the object as it hangs in the fingers.
+
+Goals: each `(In obj region)` or `(On obj target)` of the BDDL goal is one `PlaceStep`, in order.
+Other predicates (open, close, turn on) have no primitive yet; such a task fails with an error that
+names the predicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sim.expert import turned_about_vertical
+from sim.libero_env import LiberoEnv
+from sim.tasks import PlaceStep
+
+GRIPPER_OPENING = 0.075  # m: widest object the Panda's open fingers straddle with some margin
+FINGER_DEPTH = 0.03  # m: how far below an object's top the grip site closes
+RIM_GRIP_DEPTH = 0.012  # m: the same for a bowl's rim
+RIM_INSET = 0.012  # m: grip this far inside a wide object's outer edge (across its wall)
+LIFT_CLEARANCE = 0.05  # m: the held object's bottom above every other object's top while carried
+# m: the least lift of the held object's bottom; a bowl hanging from its rim tilts, its far side
+# lower than its resting bottom would suggest
+MIN_LIFT = 0.08
+RELEASE_CLEARANCE = 0.015  # m: the held object's bottom above the target's top when let go
+PATH_MARGIN = 0.08  # m: objects this close to the hand's straight path count as obstacles
+SQUARE_ASPECT = 1.25  # footprints closer to square than this are turned modulo 90°
+
+
+class UnsupportedGoalError(NotImplementedError):
+    """A BDDL goal predicate the scripted expert has no primitive for."""
+
+
+@dataclass(frozen=True)
+class Extent:
+    """An object's axis-aligned box in the world (3,) and its footprint in its own frame."""
+
+    low: np.ndarray
+    high: np.ndarray
+    local_size: tuple[float, float]  # (x, y) extent in the body frame, metres
+    yaw: float  # the body frame's heading, radians
+
+    @property
+    def centre(self) -> np.ndarray:
+        return (self.low + self.high) / 2
+
+
+class LiberoWorld:
+    """`ExpertWorld` of one LIBERO task (module docstring)."""
+
+    def __init__(self, env: LiberoEnv) -> None:
+        self.env = env
+        self.task_env: Any = env.libero_env.env  # the robosuite task env (BDDLBaseDomain)
+        self._model = self.task_env.sim.model._model
+        self._data = self.task_env.sim.data._data
+        self._steps = tuple(place_steps(self.task_env.parsed_problem["goal_state"], self.task_env))
+        self._geoms = {name: self._collision_geoms(name) for name in self.task_env.objects_dict}
+        self._grip_offset: dict[str, float] = {}  # grip-site height above the object's bottom
+        self._rest_bottom: dict[str, float] = {}  # the object's bottom before it was picked
+
+    @property
+    def steps(self) -> Sequence[PlaceStep]:
+        return self._steps
+
+    # ------------------------------------------------------------------ the robot
+    def eef_position(self) -> np.ndarray:
+        robot = self.task_env.robots[0]
+        return np.array(self._data.site_xpos[robot.eef_site_id])
+
+    def eef_quaternion(self) -> np.ndarray:
+        from robosuite.utils import transform_utils
+
+        robot = self.task_env.robots[0]
+        body = self._model.body(robot.robot_model.eef_name).id
+        return transform_utils.convert_quat(np.array(self._data.xquat[body]), to="xyzw")
+
+    # ------------------------------------------------------------------ ExpertWorld
+    def approach_position(self, obj: str, hover: float) -> np.ndarray:
+        grasp = self.grasp_position(obj)
+        path = (self.eef_position()[:2], grasp[:2])
+        above_others = self._tallest_top_along(path, obj) + LIFT_CLEARANCE + FINGER_DEPTH
+        return np.array([grasp[0], grasp[1], max(grasp[2] + hover, above_others)])
+
+    def grasp_position(self, obj: str) -> np.ndarray:
+        extent = self.extent(obj)
+        height = extent.high[2] - extent.low[2]
+        if min(extent.local_size) <= GRIPPER_OPENING:
+            point = extent.centre.copy()
+            point[2] = max(extent.low[2] + min(0.012, height / 2), extent.high[2] - FINGER_DEPTH)
+        else:  # a bowl: pinch its wall on the side facing the robot, the easiest to reach
+            radius = min(extent.local_size) / 2 - RIM_INSET
+            point = extent.centre.copy()
+            point[:2] += radius * self._towards_robot(extent.centre)
+            point[2] = extent.high[2] - RIM_GRIP_DEPTH
+        # Measured while the object rests (approach and descent), read while it is carried.
+        self._grip_offset[obj] = float(point[2] - extent.low[2])
+        self._rest_bottom[obj] = float(extent.low[2])
+        return point
+
+    def grasp_rotation(self, obj: str, reference: np.ndarray) -> np.ndarray:
+        extent = self.extent(obj)
+        size_x, size_y = extent.local_size
+        if min(size_x, size_y) > GRIPPER_OPENING:  # by the rim: fingers across the wall
+            radial = self._towards_robot(extent.centre)
+            return turned_about_vertical(reference, float(np.arctan2(radial[1], radial[0])), np.pi)
+        across = extent.yaw if size_x <= size_y else extent.yaw + np.pi / 2
+        square = max(size_x, size_y) / max(min(size_x, size_y), 1e-6) < SQUARE_ASPECT
+        return turned_about_vertical(reference, across, np.pi / 2 if square else np.pi)
+
+    def carry_height(self, step: PlaceStep) -> float:
+        path = (self.eef_position()[:2], self._target_xy(step))
+        bottom = max(
+            self._tallest_top_along(path, step.obj) + LIFT_CLEARANCE,
+            self._target_top(step) + LIFT_CLEARANCE,
+            self._rest_bottom.get(step.obj, -np.inf) + MIN_LIFT,
+        )
+        return bottom + self._grip_offset.get(step.obj, FINGER_DEPTH)
+
+    def release_position(self, step: PlaceStep) -> np.ndarray:
+        """Where the grip site must be for the held object's centre to sit over the target, its
+        bottom just above the target's top. Read from the object as it hangs now: a bowl held by
+        its rim hangs off-centre and tilted, so its grip offsets are not the resting ones."""
+        eef, held = self.eef_position(), self.extent(step.obj)
+        xy = self._target_xy(step) + (eef[:2] - held.centre[:2])
+        z = self._target_top(step) + RELEASE_CLEARANCE + (eef[2] - held.low[2])
+        return np.array([xy[0], xy[1], z])
+
+    def holding(self, step: PlaceStep) -> bool:
+        rest = self._rest_bottom.get(step.obj)
+        lifted = rest is not None and self.extent(step.obj).low[2] > rest + 0.02
+        return lifted and self._touching(step.obj)
+
+    # ------------------------------------------------------------------ geometry
+    def extent(self, name: str) -> Extent:
+        """`name`'s box from its collision geoms' posed bounding boxes (module docstring)."""
+        geoms = self._geoms[name] if name in self._geoms else self._collision_geoms(name)
+        body = self.task_env.obj_body_id[name]
+        body_rotation = self._data.xmat[body].reshape(3, 3)
+        body_position = self._data.xpos[body]
+        low, high = np.full(3, np.inf), np.full(3, -np.inf)
+        local_low, local_high = np.full(3, np.inf), np.full(3, -np.inf)
+        for geom in geoms:
+            box_centre, half = self._model.geom_aabb[geom][:3], self._model.geom_aabb[geom][3:]
+            rotation = self._data.geom_xmat[geom].reshape(3, 3)
+            centre = self._data.geom_xpos[geom] + rotation @ box_centre
+            reach = np.abs(rotation) @ half
+            low, high = np.minimum(low, centre - reach), np.maximum(high, centre + reach)
+            in_body = body_rotation.T @ rotation  # the geom's box seen from the body frame
+            local_centre = body_rotation.T @ (centre - body_position)
+            local_reach = np.abs(in_body) @ half
+            local_low = np.minimum(local_low, local_centre - local_reach)
+            local_high = np.maximum(local_high, local_centre + local_reach)
+        size = local_high - local_low
+        yaw = float(np.arctan2(body_rotation[1, 0], body_rotation[0, 0]))
+        return Extent(low, high, (float(size[0]), float(size[1])), yaw)
+
+    def _towards_robot(self, point: np.ndarray) -> np.ndarray:
+        """Unit vector (2,) from `point` towards the robot's base, in the table's plane."""
+        base = self._data.body(self.task_env.robots[0].robot_model.root_body).xpos[:2]
+        towards = base - point[:2]
+        return towards / max(float(np.linalg.norm(towards)), 1e-6)
+
+    def _collision_geoms(self, name: str) -> list[int]:
+        """Geoms that collide, of `name`'s body and every body below it."""
+        root = self.task_env.obj_body_id[name]
+        bodies = {root}
+        for body in range(root + 1, self._model.nbody):
+            if self._model.body_parentid[body] in bodies:
+                bodies.add(body)
+        geoms = [
+            geom
+            for geom in range(self._model.ngeom)
+            if self._model.geom_bodyid[geom] in bodies
+            and (self._model.geom_contype[geom] or self._model.geom_conaffinity[geom])
+        ]
+        if not geoms:
+            raise RuntimeError(f"LIBERO object {name!r} has no collision geoms to measure")
+        return geoms
+
+    def _tallest_top_along(self, path: tuple[np.ndarray, np.ndarray], obj: str) -> float:
+        """The highest top of the movable objects other than `obj` that the hand, moving along
+        the segment `path` (two (2,) points), could hit: those within PATH_MARGIN of it. Objects
+        far from the path (a bowl on top of a cabinet) must not lift the whole motion."""
+        start, end = path
+        tops = [self.extent(obj).low[2]]
+        for name in self._geoms:
+            if name == obj:
+                continue
+            other = self.extent(name)
+            reach = float(np.linalg.norm(other.high[:2] - other.low[:2])) / 2 + PATH_MARGIN
+            if _distance_to_segment(other.centre[:2], start, end) < reach:
+                tops.append(float(other.high[2]))
+        return max(tops)
+
+    def _target_object(self, step: PlaceStep) -> str | None:
+        """The object (or fixture) a goal's target is, or holds the target region of."""
+        if step.target in self.task_env.obj_body_id:
+            return step.target
+        site = self.task_env.object_sites_dict.get(step.target)
+        parent = getattr(site, "parent_name", None)
+        return parent if parent in self.task_env.obj_body_id else None
+
+    def _target_xy(self, step: PlaceStep) -> np.ndarray:
+        if step.target in self.task_env.obj_body_id:
+            return self.extent(step.target).centre[:2]
+        return np.array(self._data.site(step.target).xpos[:2])
+
+    def _target_top(self, step: PlaceStep) -> float:
+        owner = self._target_object(step)
+        if owner is not None:
+            return float(self.extent(owner).high[2])
+        return float(self._data.site(step.target).xpos[2])
+
+    def _touching(self, obj: str) -> bool:
+        gripper = self.task_env.robots[0].gripper
+        return bool(self.task_env.check_contact(gripper, self.task_env.objects_dict[obj]))
+
+
+def place_steps(goal: Sequence[Sequence[str]], task_env: Any) -> list[PlaceStep]:
+    """The BDDL goal's conjuncts as pick-and-place steps; anything else is UnsupportedGoalError."""
+    steps = []
+    for predicate in goal:
+        name, *arguments = (str(part).lower() for part in predicate)
+        if name in ("in", "on") and len(arguments) == 2 and arguments[0] in task_env.objects_dict:
+            steps.append(PlaceStep(obj=arguments[0], target=arguments[1], relation=name))
+            continue
+        raise UnsupportedGoalError(
+            f"goal predicate {tuple(predicate)} of {task_env.parsed_problem['problem_name']!r}: "
+            "the scripted LIBERO expert has primitives for (In obj region) and (On obj target) only"
+        )
+    return steps
+
+
+def _distance_to_segment(point: np.ndarray, start: np.ndarray, end: np.ndarray) -> float:
+    """Distance from `point` to the segment from `start` to `end` (all (2,))."""
+    span = end - start
+    length2 = float(span @ span)
+    t = 0.0 if length2 == 0 else float(np.clip((point - start) @ span / length2, 0.0, 1.0))
+    return float(np.linalg.norm(point - (start + t * span)))
