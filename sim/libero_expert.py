@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import mujoco
 import numpy as np
 
 from sim.expert import turned_about_vertical
@@ -48,6 +49,23 @@ MIN_LIFT = 0.08
 RELEASE_CLEARANCE = 0.015  # m: the held object's bottom above the target's top when let go
 PATH_MARGIN = 0.08  # m: objects this close to the hand's straight path count as obstacles
 SQUARE_ASPECT = 1.25  # footprints closer to square than this are turned modulo 90°
+
+
+CLEAR_ENOUGH = 0.015  # m: a grasp whose hand clears everything by this much is as good as any
+HAND_HALF_SIZE = (0.11, 0.035)  # m: the Panda hand's footprint about the grip site (along, across)
+FINGERS_HALF_SIZE = (0.055, 0.012)  # m: the open fingers' footprint
+HAND_HEIGHT = 0.045  # m: the hand's body starts this far above the grip site
+ROBOT_BODY_PREFIXES = ("robot0_", "gripper0_", "mount0_")
+
+
+@dataclass(frozen=True)
+class GraspPlan:
+    """One grasp: the fingers' axis heading (radians, in the table plane), the grip point's offset
+    (2,) from the object's centre, and the grip site's depth below the object's top."""
+
+    heading: float
+    offset: np.ndarray
+    depth: float
 
 
 class UnsupportedGoalError(NotImplementedError):
@@ -78,6 +96,19 @@ class LiberoWorld:
         self._data = self.task_env.sim.data._data
         self._steps = tuple(place_steps(self.task_env.parsed_problem["goal_state"], self.task_env))
         self._geoms = {name: self._collision_geoms(name) for name in self.task_env.objects_dict}
+        robot_bodies = {
+            body
+            for body in range(self._model.nbody)
+            if self._model.body(body).name.startswith(ROBOT_BODY_PREFIXES)
+        }
+        self._scene_geoms = [  # what the hand may hit: an infinite floor plane has no box
+            geom
+            for geom in range(self._model.ngeom)
+            if (self._model.geom_contype[geom] or self._model.geom_conaffinity[geom])
+            and self._model.geom_bodyid[geom] not in robot_bodies
+            and self._model.geom_type[geom] != mujoco.mjtGeom.mjGEOM_PLANE
+        ]
+        self._plans: dict[str, GraspPlan] = {}  # the grasp of each object's current attempt
         self._grip_offset: dict[str, float] = {}  # grip-site height above the object's bottom
         self._rest_bottom: dict[str, float] = {}  # the object's bottom before it was picked
 
@@ -105,30 +136,101 @@ class LiberoWorld:
         return np.array([grasp[0], grasp[1], max(grasp[2] + hover, above_others)])
 
     def grasp_position(self, obj: str) -> np.ndarray:
+        plan = self._plans.get(obj) or self._plan_grasp(obj)
         extent = self.extent(obj)
-        height = extent.high[2] - extent.low[2]
-        if min(extent.local_size) <= GRIPPER_OPENING:
-            point = extent.centre.copy()
-            point[2] = max(extent.low[2] + min(0.012, height / 2), extent.high[2] - FINGER_DEPTH)
-        else:  # a bowl: pinch its wall on the side facing the robot, the easiest to reach
-            radius = min(extent.local_size) / 2 - RIM_INSET
-            point = extent.centre.copy()
-            point[:2] += radius * self._towards_robot(extent.centre)
-            point[2] = extent.high[2] - RIM_GRIP_DEPTH
+        point = extent.centre.copy()
+        point[:2] += plan.offset
+        point[2] = max(
+            extent.low[2] + min(0.012, (extent.high[2] - extent.low[2]) / 2),
+            extent.high[2] - plan.depth,
+        )
         # Measured while the object rests (approach and descent), read while it is carried.
         self._grip_offset[obj] = float(point[2] - extent.low[2])
         self._rest_bottom[obj] = float(extent.low[2])
         return point
 
     def grasp_rotation(self, obj: str, reference: np.ndarray) -> np.ndarray:
+        """Called as each grasp attempt starts: plans it afresh (the object may have moved)."""
+        plan = self._plan_grasp(obj)
+        return turned_about_vertical(reference, plan.heading, np.pi)  # the hand is symmetric
+
+    def _plan_grasp(self, obj: str) -> GraspPlan:
+        """The clearest of the grasps `obj` allows (module docstring); cached for the attempt."""
         extent = self.extent(obj)
         size_x, size_y = extent.local_size
+        candidates: list[tuple[GraspPlan, float]] = []  # (plan, preference: lower is better)
         if min(size_x, size_y) > GRIPPER_OPENING:  # by the rim: fingers across the wall
-            radial = self._towards_robot(extent.centre)
-            return turned_about_vertical(reference, float(np.arctan2(radial[1], radial[0])), np.pi)
-        across = extent.yaw if size_x <= size_y else extent.yaw + np.pi / 2
-        square = max(size_x, size_y) / max(min(size_x, size_y), 1e-6) < SQUARE_ASPECT
-        return turned_about_vertical(reference, across, np.pi / 2 if square else np.pi)
+            radius = min(size_x, size_y) / 2 - RIM_INSET
+            towards = self._towards_robot(extent.centre)
+            facing = float(np.arctan2(towards[1], towards[0]))
+            for angle in facing + np.radians(np.arange(0, 360, 30)):
+                offset = radius * np.array([np.cos(angle), np.sin(angle)])
+                candidates.append((GraspPlan(angle, offset, RIM_GRIP_DEPTH), _turn(angle, facing)))
+        else:  # across the shorter side, or up to a few tens of degrees off it
+            across = extent.yaw if size_x <= size_y else extent.yaw + np.pi / 2
+            square = max(size_x, size_y) / max(min(size_x, size_y), 1e-6) < SQUARE_ASPECT
+            for degrees in (0, 15, -15, 30, -30) + (() if square else (45, -45)):
+                heading = across + np.radians(degrees)
+                candidates.append((GraspPlan(heading, np.zeros(2), FINGER_DEPTH), abs(degrees)))
+        grip_z = extent.high[2] - candidates[0][0].depth
+        obstacles = self._obstacle_boxes(obj)
+        scored = [
+            (
+                -min(
+                    self._clearance(
+                        extent.centre[:2] + plan.offset, plan.heading, grip_z, obstacles
+                    ),
+                    CLEAR_ENOUGH,
+                ),
+                preference,
+                index,
+            )
+            for index, (plan, preference) in enumerate(candidates)
+        ]
+        if max(-score for score, _, _ in scored) < 0:  # nothing clears: the boxes are too
+            scored = [(0.0, preference, index) for _, preference, index in scored]  # coarse to rank
+        plan = candidates[min(scored)[2]][0]
+        self._plans[obj] = plan
+        return plan
+
+    def _obstacle_boxes(self, obj: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World boxes of every colliding geom but the robot's and `obj`'s: centres (M, 3),
+        half sizes (M, 3), as `extent` poses them."""
+        own = set(self._geoms[obj])
+        geoms = np.array([g for g in self._scene_geoms if g not in own], dtype=int)
+        rotation = self._data.geom_xmat[geoms].reshape(-1, 3, 3)
+        centre = self._data.geom_xpos[geoms] + np.einsum(
+            "mij,mj->mi", rotation, self._model.geom_aabb[geoms, :3]
+        )
+        half = np.einsum("mij,mj->mi", np.abs(rotation), self._model.geom_aabb[geoms, 3:])
+        return centre, half, geoms
+
+    @staticmethod
+    def _clearance(
+        point: np.ndarray, heading: float, grip_z: float, obstacles: tuple[np.ndarray, ...]
+    ) -> float:
+        """Least gap (m, negative = overlap) in the table plane between the hand and fingers,
+        closed at `point` (2,) with their axis at `heading`, and the obstacles tall enough to
+        reach them: the fingers hang to ~1 cm below the grip site, the hand's body starts
+        HAND_HEIGHT above it."""
+        centre, half, _ = obstacles
+        axis = np.array([np.cos(heading), np.sin(heading)])
+        normal = np.array([-axis[1], axis[0]])
+        gaps = []
+        for (along, across), bottom in (
+            (HAND_HALF_SIZE, grip_z + HAND_HEIGHT),
+            (FINGERS_HALF_SIZE, grip_z - 0.01),
+        ):
+            tall = centre[:, 2] + half[:, 2] > bottom
+            if not tall.any():
+                continue
+            u, v = np.meshgrid(np.linspace(-along, along, 9), np.linspace(-across, across, 3))
+            points = point + u.reshape(-1, 1) * axis + v.reshape(-1, 1) * normal  # (P, 2)
+            offset = np.abs(points[:, None, :] - centre[None, tall, :2]) - half[None, tall, :2]
+            outside = np.linalg.norm(np.maximum(offset, 0.0), axis=-1)
+            inside = np.minimum(offset.max(axis=-1), 0.0)
+            gaps.append(float((outside + inside).min()))
+        return min(gaps, default=np.inf)
 
     def carry_height(self, step: PlaceStep) -> float:
         path = (self.eef_position()[:2], self._target_xy(step))
@@ -205,7 +307,7 @@ class LiberoWorld:
         the segment `path` (two (2,) points), could hit: those within PATH_MARGIN of it. Objects
         far from the path (a bowl on top of a cabinet) must not lift the whole motion."""
         start, end = path
-        tops = [self.extent(obj).low[2]]
+        tops = [-np.inf]  # not the held object's own bottom: carrying it would raise the target
         for name in self._geoms:
             if name == obj:
                 continue
@@ -260,3 +362,8 @@ def _distance_to_segment(point: np.ndarray, start: np.ndarray, end: np.ndarray) 
     length2 = float(span @ span)
     t = 0.0 if length2 == 0 else float(np.clip((point - start) @ span / length2, 0.0, 1.0))
     return float(np.linalg.norm(point - (start + t * span)))
+
+
+def _turn(angle: float, reference: float) -> float:
+    """|angle - reference| wrapped to [0, pi]."""
+    return abs((angle - reference + np.pi) % (2 * np.pi) - np.pi)
