@@ -78,6 +78,11 @@ class ExpertWorld(Protocol):
     @property
     def steps(self) -> Sequence[PlaceStep]: ...
 
+    @property
+    def grasp_steps(self) -> int:
+        """Steps the fingers get to close before lifting."""
+        ...
+
     def eef_position(self) -> np.ndarray: ...
 
     def eef_quaternion(self) -> np.ndarray: ...
@@ -111,6 +116,8 @@ class ExpertWorld(Protocol):
 class TabletopWorld:
     """`ExpertWorld` of our table-top suites (sim/env.py): cubes, cylinders and receptacles whose
     sizes come from their kinds (sim/objects.py)."""
+
+    grasp_steps = PHASE_BUDGET[Phase.GRASP]
 
     def __init__(self, env: TabletopEnv) -> None:
         self.env = env
@@ -279,7 +286,9 @@ class ScriptedExpert:
 
     # ------------------------------------------------------------------ phase logic
     def _phase_finished(self, step: PlaceStep, converged: bool) -> bool:
-        if self.phase in (Phase.GRASP, Phase.RELEASE):
+        if self.phase is Phase.GRASP:
+            return self.phase_steps >= self.world.grasp_steps
+        if self.phase is Phase.RELEASE:
             return self.phase_steps >= PHASE_BUDGET[self.phase]
         return converged or self.phase_steps >= PHASE_BUDGET[self.phase]
 

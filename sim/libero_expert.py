@@ -89,6 +89,10 @@ class Extent:
 class LiberoWorld:
     """`ExpertWorld` of one LIBERO task (module docstring)."""
 
+    # The fingers start 8 cm apart and close ~1 cm a step; a bowl's wall is pinched only when
+    # both reach it, which 8 steps (enough for our cubes) sometimes miss.
+    grasp_steps = 12
+
     def __init__(self, env: LiberoEnv) -> None:
         self.env = env
         self.task_env: Any = env.libero_env.env  # the robosuite task env (BDDLBaseDomain)
