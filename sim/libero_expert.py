@@ -178,22 +178,16 @@ class LiberoWorld:
                 candidates.append((GraspPlan(heading, np.zeros(2), FINGER_DEPTH), abs(degrees)))
         grip_z = extent.high[2] - candidates[0][0].depth
         obstacles = self._obstacle_boxes(obj)
-        scored = [
-            (
-                -min(
-                    self._clearance(
-                        extent.centre[:2] + plan.offset, plan.heading, grip_z, obstacles
-                    ),
-                    CLEAR_ENOUGH,
-                ),
-                preference,
-                index,
+        scored = []
+        for index, (plan, preference) in enumerate(candidates):
+            hand, fingers = self._clearance(
+                extent.centre[:2] + plan.offset, plan.heading, grip_z, obstacles
             )
-            for index, (plan, preference) in enumerate(candidates)
-        ]
-        if max(-score for score, _, _ in scored) < 0:  # nothing clears: the boxes are too
-            scored = [(0.0, preference, index) for _, preference, index in scored]  # coarse to rank
-        plan = candidates[min(scored)[2]][0]
+            # The hand first: it is what gets stuck on a cabinet's edge; fingers may brush a wall.
+            scored.append(
+                (-min(hand, CLEAR_ENOUGH), -min(fingers, CLEAR_ENOUGH), preference, index)
+            )
+        plan = candidates[min(scored)[-1]][0]
         self._plans[obj] = plan
         return plan
 
@@ -212,9 +206,9 @@ class LiberoWorld:
     @staticmethod
     def _clearance(
         point: np.ndarray, heading: float, grip_z: float, obstacles: tuple[np.ndarray, ...]
-    ) -> float:
-        """Least gap (m, negative = overlap) in the table plane between the hand and fingers,
-        closed at `point` (2,) with their axis at `heading`, and the obstacles tall enough to
+    ) -> tuple[float, float]:
+        """Least gaps (m, negative = overlap) in the table plane of the hand and of the fingers,
+        closed at `point` (2,) with their axis at `heading`, to the obstacles tall enough to
         reach them: the fingers hang to ~1 cm below the grip site, the hand's body starts
         HAND_HEIGHT above it."""
         centre, half, _ = obstacles
@@ -227,6 +221,7 @@ class LiberoWorld:
         ):
             tall = centre[:, 2] + half[:, 2] > bottom
             if not tall.any():
+                gaps.append(np.inf)
                 continue
             u, v = np.meshgrid(np.linspace(-along, along, 9), np.linspace(-across, across, 3))
             points = point + u.reshape(-1, 1) * axis + v.reshape(-1, 1) * normal  # (P, 2)
@@ -234,7 +229,7 @@ class LiberoWorld:
             outside = np.linalg.norm(np.maximum(offset, 0.0), axis=-1)
             inside = np.minimum(offset.max(axis=-1), 0.0)
             gaps.append(float((outside + inside).min()))
-        return min(gaps, default=np.inf)
+        return gaps[0], gaps[1]
 
     def carry_height(self, step: PlaceStep) -> float:
         path = (self.eef_position()[:2], self._target_xy(step))
