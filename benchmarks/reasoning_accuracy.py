@@ -24,7 +24,13 @@ import sys
 import numpy as np
 from common import observation_from_sample
 
-from data.reasoning import REASONING_TAGS, Reasoning, format_reasoning, parse_reasoning
+from data.reasoning import (
+    REASONING_TAGS,
+    Reasoning,
+    format_reasoning,
+    parse_reasoning,
+    snap_pixels,
+)
 from data.schema import ACTION_KEY
 from data.torch_dataset import ActionChunkDataset
 from vla.policy import VLAPolicy
@@ -70,6 +76,7 @@ def main() -> int:
     )
     fields: dict[str, list[float]] = {}
     action_errors: dict[str, list[float]] = {}
+    pixel_step = policy.processor.settings.reasoning_pixel_step
     rng = np.random.default_rng(0)
     for index in rng.choice(len(samples), min(args.frames, len(samples)), replace=False):
         sample = samples[int(index)]
@@ -85,7 +92,10 @@ def main() -> int:
         outputs = {
             "act": policy.infer(observation),
             "think": thought,
-            "teacher-forced": policy.infer(observation, reasoning=[format_reasoning(label)]),
+            # as training showed it: pixels snapped to the checkpoint's reasoning_pixel_step
+            "teacher-forced": policy.infer(
+                observation, reasoning=[format_reasoning(snap_pixels(label, pixel_step))]
+            ),
         }
         for dropped in DROPPED_FIELDS:  # the generated chain fed back without some fields
             kept = [tag for tag in REASONING_TAGS if tag not in dropped]
