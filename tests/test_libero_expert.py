@@ -1,6 +1,6 @@
 """The scripted LIBERO expert: it solves fixed init states of real LIBERO tasks, its goals come from
 the BDDL file, physics without cameras is the physics with them, and a goal it has no primitive
-for is refused by name.
+for is refused by name and listed as such in the success table.
 
 Each rollout runs without rendering (~0.02 s a step); building a LIBERO scene takes ~8 s.
 """
@@ -15,6 +15,7 @@ pytest.importorskip("libero.libero", reason="needs the `libero` extra: pip insta
 
 import sim  # noqa: E402
 from sim.expert import ScriptedExpert, rollout, world_of  # noqa: E402
+from sim.expert_report import TaskResult, evaluate_expert, markdown_table  # noqa: E402
 from sim.libero_expert import LiberoWorld, UnsupportedGoalError  # noqa: E402
 from sim.tasks import PlaceStep  # noqa: E402
 
@@ -59,8 +60,9 @@ def test_physics_without_cameras_is_the_physics_with_them() -> None:
     np.testing.assert_array_equal(states[0], states[1])
 
 
-def test_a_goal_without_a_primitive_is_refused_by_name() -> None:
-    env = sim.make("libero_goal", "open the middle drawer of the cabinet", render_images=False)
+def test_a_goal_without_a_primitive_is_refused_by_name_and_reported_as_such() -> None:
+    task = "open the middle drawer of the cabinet"
+    env = sim.make("libero_goal", task, render_images=False)
     try:
         env.reset(options={"init_state": 0})
         with pytest.raises(
@@ -69,3 +71,10 @@ def test_a_goal_without_a_primitive_is_refused_by_name() -> None:
             LiberoWorld(env)
     finally:
         env.close()
+    # the success table lists it without counting it, so one run covers a whole suite
+    result = evaluate_expert("libero_goal", task, episodes=2)
+    assert (result.episodes, result.successes) == (0, 0) and "'open'" in result.unsupported
+    solved = TaskResult("libero_object", "some task", "libero_object", 2, 2, 140.0, ())
+    table = markdown_table([result, solved], seconds=60.0, workers=1)
+    assert f"| libero_goal | {task} | libero_goal | no primitive |" in table
+    assert "Overall: 2/2 (100.0%) over 1 tasks" in table
