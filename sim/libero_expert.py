@@ -41,6 +41,9 @@ from sim.tasks import PlaceStep
 GRIPPER_OPENING = 0.075  # m: widest object the Panda's open fingers straddle with some margin
 FINGER_DEPTH = 0.03  # m: how far below an object's top the grip site closes
 RIM_GRIP_DEPTH = 0.012  # m: the same for a bowl's rim
+# Rim grasps farther than TILT_FROM (m, horizontally) from the robot's base lean the hand up to
+# MAX_REACH_TILT degrees, reached TILT_SPAN further out.
+TILT_FROM, TILT_SPAN, MAX_REACH_TILT = 0.74, 0.06, 20.0
 RIM_INSET = 0.012  # m: grip this far inside a wide object's outer edge (across its wall)
 LIFT_CLEARANCE = 0.05  # m: the held object's bottom above every other object's top while carried
 # m: the least lift of the held object's bottom; a bowl hanging from its rim tilts, its far side
@@ -156,7 +159,17 @@ class LiberoWorld:
     def grasp_rotation(self, obj: str, reference: np.ndarray) -> np.ndarray:
         """Called as each grasp attempt starts: plans it afresh (the object may have moved)."""
         plan = self._plan_grasp(obj)
-        return turned_about_vertical(reference, plan.heading, np.pi)  # the hand is symmetric
+        turned = turned_about_vertical(reference, plan.heading, np.pi)  # the hand is symmetric
+        extent = self.extent(obj)
+        point = extent.centre[:2] + plan.offset
+        towards = self._towards_robot(point)
+        reach = float(np.linalg.norm(self._base_xy() - point))
+        tilt = np.radians(MAX_REACH_TILT) * np.clip((reach - TILT_FROM) / TILT_SPAN, 0.0, 1.0)
+        if tilt == 0.0 or min(extent.local_size) <= GRIPPER_OPENING:
+            return turned
+        # A rim far from the base: the fingertips lean away from the robot, as an arm reaching
+        # far does, so the elbow is not pushed to its limit; the fingers still meet the wall.
+        return _rotation_about(np.array([towards[1], -towards[0], 0.0]), -tilt) @ turned
 
     def _plan_grasp(self, obj: str) -> GraspPlan:
         """The clearest of the grasps `obj` allows (module docstring); cached for the attempt."""
@@ -278,10 +291,12 @@ class LiberoWorld:
         yaw = float(np.arctan2(body_rotation[1, 0], body_rotation[0, 0]))
         return Extent(low, high, (float(size[0]), float(size[1])), yaw)
 
+    def _base_xy(self) -> np.ndarray:
+        return np.array(self._data.body(self.task_env.robots[0].robot_model.root_body).xpos[:2])
+
     def _towards_robot(self, point: np.ndarray) -> np.ndarray:
         """Unit vector (2,) from `point` towards the robot's base, in the table's plane."""
-        base = self._data.body(self.task_env.robots[0].robot_model.root_body).xpos[:2]
-        towards = base - point[:2]
+        towards = self._base_xy() - point[:2]
         return towards / max(float(np.linalg.norm(towards)), 1e-6)
 
     def _collision_geoms(self, name: str) -> list[int]:
@@ -366,3 +381,10 @@ def _distance_to_segment(point: np.ndarray, start: np.ndarray, end: np.ndarray) 
 def _turn(angle: float, reference: float) -> float:
     """|angle - reference| wrapped to [0, pi]."""
     return abs((angle - reference + np.pi) % (2 * np.pi) - np.pi)
+
+
+def _rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
+    """The rotation (3, 3) by `angle` radians about `axis` (Rodrigues)."""
+    x, y, z = axis / np.linalg.norm(axis)
+    cross = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
+    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
