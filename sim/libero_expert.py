@@ -11,10 +11,13 @@ and a hand-kept table would drift from the package. Each object's box is measure
 MuJoCo's per-geom bounding boxes (`geom_aabb`, posed by the geom's current frame):
 
 - **where to grasp**: an object narrower than the open gripper is grasped at its centre, a few
-  centimetres below its top (the fingers are ~4 cm long); a wider one (a bowl) by its rim, on the
-  side facing the robot's base (the most reachable), the fingers across the wall;
-- **which way to turn**: the fingers close across the object's shorter side (a box repeats every
-  180°, a square or round footprint every 90°);
+  centimetres below its top (the fingers are ~4 cm long); a wider one (a bowl) by its rim, the
+  fingers across the wall, the hand leaning away from the robot when the rim is far from its base;
+- **which way to turn**: each attempt ranks the headings the object allows (across its shorter
+  side and up to 45° off it for a box, 30° for a square or round footprint; every 30° round a
+  bowl's rim) by how far the hand, then the fingers, stay from every other collision box (a
+  neighbouring can, a cabinet's edge), then by how little they turn (for a rim: how close to the
+  side facing the robot's base, the most reachable);
 - **how high to carry and where to let go**: the held object's bottom clears every other movable
   object and the target's top; it is let go with its centre over the target's centre (or over the
   BDDL region's site, e.g. a basket's contain region) and its bottom just above the target's top,
