@@ -45,6 +45,7 @@ def evaluate_expert(suite: str, task: str, episodes: int = NUM_INIT_STATES) -> T
     os.environ.setdefault("MUJOCO_GL", "egl")
     from sim.catalog import make
     from sim.expert import rollout
+    from sim.libero_expert import UnsupportedGoalError
 
     env = make(suite, task, render_images=False)
     family = task_family(env, suite)
@@ -57,7 +58,7 @@ def evaluate_expert(suite: str, task: str, episodes: int = NUM_INIT_STATES) -> T
             lengths.append(env.steps)
             if not success:
                 failed.append(init_state)
-    except NotImplementedError as error:  # sim.libero_expert.UnsupportedGoalError
+    except UnsupportedGoalError as error:
         return TaskResult(suite, task, family, 0, 0, 0.0, (), unsupported=str(error))
     finally:
         env.close()

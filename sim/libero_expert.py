@@ -114,10 +114,11 @@ class LiberoWorld:
         self._scene_geoms = [  # what the hand may hit: an infinite floor plane has no box
             geom
             for geom in range(self._model.ngeom)
-            if (self._model.geom_contype[geom] or self._model.geom_conaffinity[geom])
+            if self._collides(geom)
             and self._model.geom_bodyid[geom] not in robot_bodies
             and self._model.geom_type[geom] != mujoco.mjtGeom.mjGEOM_PLANE
         ]
+        self._extent_time, self._extents = -1.0, {}  # `extent`'s cache: sim time, boxes
         self._plans: dict[str, GraspPlan] = {}  # the grasp of each object's current attempt
         self._grip_offset: dict[str, float] = {}  # grip-site height above the object's bottom
         self._rest_bottom: dict[str, float] = {}  # the object's bottom before it was picked
@@ -272,7 +273,19 @@ class LiberoWorld:
 
     # ------------------------------------------------------------------ geometry
     def extent(self, name: str) -> Extent:
-        """`name`'s box from its collision geoms' posed bounding boxes (module docstring)."""
+        """`name`'s box from its collision geoms' posed bounding boxes (module docstring).
+
+        Cached per simulator time: one expert step asks for the same boxes many times (the grasp
+        point, the approach height, every object along the path), and they change only when
+        the simulation steps."""
+        now = float(self._data.time)
+        if self._extent_time != now:
+            self._extent_time, self._extents = now, {}
+        if name not in self._extents:
+            self._extents[name] = self._measure(name)
+        return self._extents[name]
+
+    def _measure(self, name: str) -> Extent:
         geoms = self._geoms[name] if name in self._geoms else self._collision_geoms(name)
         body = self.task_env.obj_body_id[name]
         body_rotation = self._data.xmat[body].reshape(3, 3)
@@ -302,6 +315,9 @@ class LiberoWorld:
         towards = self._base_xy() - point[:2]
         return towards / max(float(np.linalg.norm(towards)), 1e-6)
 
+    def _collides(self, geom: int) -> bool:
+        return bool(self._model.geom_contype[geom] or self._model.geom_conaffinity[geom])
+
     def _collision_geoms(self, name: str) -> list[int]:
         """Geoms that collide, of `name`'s body and every body below it."""
         root = self.task_env.obj_body_id[name]
@@ -312,8 +328,7 @@ class LiberoWorld:
         geoms = [
             geom
             for geom in range(self._model.ngeom)
-            if self._model.geom_bodyid[geom] in bodies
-            and (self._model.geom_contype[geom] or self._model.geom_conaffinity[geom])
+            if self._model.geom_bodyid[geom] in bodies and self._collides(geom)
         ]
         if not geoms:
             raise RuntimeError(f"LIBERO object {name!r} has no collision geoms to measure")
