@@ -27,6 +27,7 @@ import torch
 from conftest import TINY_RESOLUTION, UNTRAINED_ACTION_MARGIN, observation, running
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
+from websockets.sync.server import serve
 
 from vla.cli import TOKEN_ENV, start_server_process, stop_server_process
 from vla.cli import main as vla_main
@@ -175,6 +176,38 @@ def test_idle_sockets_are_closed_so_they_cannot_lock_robots_out(policy) -> None:
             wait_until(lambda: server.server.stats.idle_closed == 4, "the robot's idle close")
             assert np.isfinite(robot.infer(obs(2))["actions"]).all()
         assert server.server.stats.idle_closed == 4
+
+
+@pytest.mark.parametrize("close_code", [protocol.IDLE_CLOSE_CODE, 1011])
+def test_an_idle_close_that_crosses_the_request_is_answered_by_a_resend(close_code) -> None:
+    """The idle close can leave the server just as the robot's request leaves the robot: the
+    server never reads it. Before the fix the request failed with ConnectionError (CI, 2026-12-04,
+    under load). The peer here closes each first connection on its first request, as the real
+    server's idle timer does when it fires first; only the idle code (1001) earns a resend."""
+    connections = []
+
+    def handler(ws: Any) -> None:
+        connections.append(ws)
+        ws.send(packb({"action_horizon": 1}))
+        request = ws.recv(timeout=10)
+        if len(connections) == 1:
+            ws.close(close_code, "no request for 0.5 s; reconnect to continue")
+            return
+        ws.send(packb({"actions": np.full((1, 7), len(request), np.float32)}))
+
+    with serve(handler, "127.0.0.1", 0, compression=None) as peer:
+        threading.Thread(target=peer.serve_forever, daemon=True).start()
+        address = f"ws://127.0.0.1:{peer.socket.getsockname()[1]}"
+        with PolicyClient(address, timeout=30) as robot:
+            if close_code != protocol.IDLE_CLOSE_CODE:  # a real failure is not hidden
+                with pytest.raises(ConnectionError, match="1011"):
+                    robot.infer({"state": np.zeros(8, np.float32)})
+                assert len(connections) == 1
+                return
+            reply = robot.infer({"state": np.zeros(8, np.float32)})
+        assert len(connections) == 2, "one reconnect, one resend"
+        assert reply["actions"].shape == (1, 7) and reply["actions"][0, 0] > 0
+        peer.shutdown()
 
 
 def test_the_connection_cap_holds_for_concurrent_handshakes(policy) -> None:

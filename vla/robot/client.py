@@ -18,7 +18,8 @@ plain websocket cannot bound: with a frozen server the socket's buffers fill and
 forever, holding the connection's lock (so even `close` would block). A timer therefore shuts the
 socket down when the deadline passes, which fails the blocked send at once; `close` is bounded
 the same way. A connection the server closed while it sat idle (its `idle_timeout_s`) is reopened
-before the next request instead of failing it.
+before the next request instead of failing it, and so is one whose idle close crossed the
+request on the wire (the server never read that request, so it is sent once more).
 """
 
 from __future__ import annotations
@@ -181,17 +182,26 @@ class PolicyClient:
                 raise TimeoutError
             return left
 
-        connection = self._connection
-        if connection is not None and connection.state is not State.OPEN:
-            self._drop()  # e.g. closed by the server's idle timeout: reopen, don't fail
-            connection = None
-        if connection is None:
-            left = remaining()
-            connection = self._connect(
-                self.open_timeout if left is None else min(left, self.open_timeout)
-            )
-        _bounded(connection, remaining(), lambda: connection.send(payload))
-        return connection.recv(timeout=remaining())
+        for attempt in (1, 2):
+            connection = self._connection
+            if connection is not None and connection.state is not State.OPEN:
+                self._drop()  # e.g. closed by the server's idle timeout: reopen, don't fail
+                connection = None
+            if connection is None:
+                left = remaining()
+                connection = self._connect(
+                    self.open_timeout if left is None else min(left, self.open_timeout)
+                )
+            try:
+                _bounded(connection, remaining(), lambda: connection.send(payload))
+                return connection.recv(timeout=remaining())
+            except ConnectionClosed as error:
+                # The idle close can cross our request on the wire: the server closed before
+                # reading it, so no reply exists and sending it again is safe (once).
+                if attempt == 2 or not _closed_for_idleness(error):
+                    raise
+                self._drop()
+        raise AssertionError("unreachable")
 
     def _drop(self) -> None:
         if self._connection is not None:
@@ -213,6 +223,11 @@ class PolicyClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _closed_for_idleness(error: ConnectionClosed) -> bool:
+    """Whether the server closed this connection because no request came (code 1001)."""
+    return error.rcvd is not None and error.rcvd.code == protocol.IDLE_CLOSE_CODE
 
 
 def _abort(connection: ClientConnection) -> None:

@@ -51,6 +51,7 @@ OVERLOADED = "overloaded"  # the server's queue is full: retry shortly (nothing 
 # the model's chunk was non-finite or outside the checkpoint's action range: never sent to a robot
 UNSAFE_ACTIONS = "unsafe_actions"
 CLOSE_MESSAGE_TOO_BIG = 1009  # websocket close code for a message over max_message_bytes
+IDLE_CLOSE_CODE = 1001  # "going away": no request for the server's idle_timeout_s
 
 
 class InvalidObservation(ValueError):

@@ -61,7 +61,6 @@ import numpy as np
 import torch
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -348,7 +347,7 @@ class PolicyServer:
                 except TimeoutError:
                     self.stats.idle_closed += 1
                     await connection.close(
-                        CloseCode.GOING_AWAY,
+                        protocol.IDLE_CLOSE_CODE,
                         f"no request for {self.config.idle_timeout_s} s; reconnect to continue",
                     )
                     return
