@@ -24,6 +24,7 @@ request on the wire (the server never read that request, so it is sent once more
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
@@ -193,7 +194,7 @@ class PolicyClient:
                     self.open_timeout if left is None else min(left, self.open_timeout)
                 )
             try:
-                _bounded(connection, remaining(), lambda: connection.send(payload))
+                _bounded(connection, remaining(), functools.partial(connection.send, payload))
                 return connection.recv(timeout=remaining())
             except ConnectionClosed as error:
                 # The idle close can cross our request on the wire: the server closed before
