@@ -123,10 +123,10 @@ def _close_worker_env() -> None:
 def run_expert_episode(job: EpisodeJob) -> ExpertEpisode:
     """Roll out the scripted expert once and record frames, actions and reasoning labels."""
     from sim.expert import ExpertStep, rollout
-    from sim.labels import EpisodeLabeler
+    from sim.labels import EpisodeLabeler, label_source_of
 
     env = _worker_env((job.suite, job.task, job.image_size))
-    labeler = EpisodeLabeler(env)
+    labeler = EpisodeLabeler(label_source_of(env))
     frames: dict[str, list[Any]] = collections.defaultdict(list)
 
     def record(observation: dict[str, Any], step: ExpertStep) -> None:

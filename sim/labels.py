@@ -4,11 +4,16 @@ Per frame: the task's plan, the current subtask (from the scripted expert's prog
 primitive read off the commanded end-effector delta, the gripper's agentview pixel now and at the
 next 4 frames (pinhole projection with the camera's own matrices), and the visible objects with
 their 2D boxes (projected geometry, clipped to the image).
+
+What depends on the simulator (the plan's words, how a world point lands on the stored image,
+which objects have boxes) sits behind `LabelSource`: `TabletopLabels` here for our suites,
+`sim.libero_labels.LiberoLabels` for real LIBERO; `label_source_of(env)` picks one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import mujoco
 import numpy as np
@@ -21,19 +26,25 @@ from sim.env import CAMERAS, TabletopEnv
 MOTION_THRESHOLD = 0.15  # |action| (of 1.0 = 5 cm/step) below which an axis counts as still
 GRIPPER_LABEL_STEPS = 8  # frames after a gripper command flips that are "close/open gripper"
 TRACE_LENGTH = GRIPPER_TRACE_POINTS  # current + next 4 gripper positions
+TABLETOP_Y_WORDS = ("right", "left")  # how +y and -y read in our suites' agentview image
 
 
-def motion_primitive(action: np.ndarray, steps_since_gripper_flip: int | None) -> str:
+def motion_primitive(
+    action: np.ndarray,
+    steps_since_gripper_flip: int | None,
+    y_words: tuple[str, str] = TABLETOP_Y_WORDS,
+) -> str:
     """'move forward left down', 'close gripper', 'open gripper' or 'stop'.
 
-    Left and right are as seen in the agentview image (the camera faces the robot, so image-left
-    is the robot's right, -y), matching how the spatial tasks name sides; forward is away from the
-    robot's base (+x, towards the camera); up is +z. A gripper that started closing or opening in the last few frames wins while the arm
-    is still, because that is what the frame is about.
+    Left and right are as seen in the agentview image (`y_words`: the words for +y and -y). In
+    our suites the camera faces the robot, so image-left is the robot's right (-y), matching how
+    the spatial tasks name sides; forward is away from the robot's base (+x, towards the
+    camera); up is +z. A gripper that started closing or opening in the last few frames wins
+    while the arm is still, because that is what the frame is about.
     """
     words = []
     for value, positive, negative in zip(
-        action[:3], ("forward", "right", "up"), ("backward", "left", "down"), strict=True
+        action[:3], ("forward", y_words[0], "up"), ("backward", y_words[1], "down"), strict=True
     ):
         if value > MOTION_THRESHOLD:
             words.append(positive)
@@ -48,12 +59,58 @@ def motion_primitive(action: np.ndarray, steps_since_gripper_flip: int | None) -
     return "move " + " ".join(words) if words else "stop"
 
 
+class LabelSource(Protocol):
+    """What one simulator's episode tells the labeler."""
+
+    plan: tuple[str, ...]  # subtasks in order: "pick up the X", "place it on the Y", ...
+    y_words: tuple[str, str]  # how +y and -y motion read in the stored agentview image
+
+    def gripper_pixel(self) -> tuple[int, int]:
+        """The grip site's pixel (x = column, y = row) in the stored image, (-1, -1) off it."""
+        ...
+
+    def object_boxes(self) -> tuple[ObjectBox, ...]:
+        """The boxes of the objects seen in the stored image now."""
+        ...
+
+
+class TabletopLabels:
+    """`LabelSource` of one of our suites' `TabletopEnv` episodes."""
+
+    y_words = TABLETOP_Y_WORDS
+
+    def __init__(self, env: TabletopEnv) -> None:
+        self.env = env
+        self.plan = env.task.plan()
+
+    def gripper_pixel(self) -> tuple[int, int]:
+        return gripper_pixel(self.env)
+
+    def object_boxes(self) -> tuple[ObjectBox, ...]:
+        return visible_objects(self.env)
+
+
+def label_source_of(env: Any) -> LabelSource:
+    """The `LabelSource` of an env of our suites or of LIBERO."""
+    from sim.libero_env import LiberoEnv
+
+    inner = getattr(env, "unwrapped", env)
+    if isinstance(inner, TabletopEnv):
+        return TabletopLabels(inner)
+    if isinstance(inner, LiberoEnv):
+        from sim.libero_labels import LiberoLabels
+
+        return LiberoLabels(inner)
+    raise TypeError(
+        f"no reasoning labels for {type(inner).__name__}: not a TabletopEnv or LiberoEnv"
+    )
+
+
 @dataclass
 class EpisodeLabeler:
     """Collects per-frame label inputs during an episode and turns them into reasoning columns."""
 
-    env: TabletopEnv
-    plan: tuple[str, ...] = ()
+    source: LabelSource
     _subtasks: list[str] = field(default_factory=list)
     _moves: list[str] = field(default_factory=list)
     _gripper_px: list[tuple[int, int]] = field(default_factory=list)
@@ -61,8 +118,9 @@ class EpisodeLabeler:
     _last_gripper_command: float | None = None
     _steps_since_flip: int | None = None
 
-    def __post_init__(self) -> None:
-        self.plan = self.env.task.plan()
+    @property
+    def plan(self) -> tuple[str, ...]:
+        return self.source.plan
 
     def record(self, action: np.ndarray, subtask_index: int) -> None:
         """Label the current frame, whose commanded action is `action` (call before stepping)."""
@@ -73,9 +131,9 @@ class EpisodeLabeler:
             self._steps_since_flip += 1
         self._last_gripper_command = command
         self._subtasks.append(self.plan[subtask_index])
-        self._moves.append(motion_primitive(action, self._steps_since_flip))
-        self._gripper_px.append(gripper_pixel(self.env))
-        self._objects.append(visible_objects(self.env))
+        self._moves.append(motion_primitive(action, self._steps_since_flip, self.source.y_words))
+        self._gripper_px.append(self.source.gripper_pixel())
+        self._objects.append(self.source.object_boxes())
 
     def columns(self) -> dict[str, list]:
         """Per-frame `reasoning.*` columns for the frames recorded so far."""

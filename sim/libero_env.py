@@ -2,6 +2,7 @@
 
     env = sim.make("libero_spatial", 0)                 # or the task's instruction
     obs, info = env.reset(options={"init_state": 7})    # fixed evaluation init state 7 of 50
+    obs, info = env.reset(seed=3)                       # training scene 3, drawn from the BDDL
 
 Why a wrapper and not LIBERO's `OffScreenRenderEnv` as is: its observations are robosuite's
 (upside-down images, a quaternion, dozens of privileged object keys), its episodes have no length,
@@ -43,7 +44,8 @@ Reproducibility: LIBERO's `reset()` jitters the *fixtures* (cabinet, stove, ...)
 or two with numpy's global RNG, and init states do not cover fixtures (they are model constants, not
 qpos), which is why openpi seeds the env once at start. We seed that draw per episode from
 (`seed`, init state index), restoring the caller's global RNG afterwards, so init state i is
-the same scene every time it is used, whatever ran before it.
+the same scene every time it is used, whatever ran before it. Training scenes (`reset(seed=k)`)
+seed the same draw, and LIBERO's object placement with it, from (`seed`, k).
 """
 
 from __future__ import annotations
@@ -241,7 +243,8 @@ class LiberoEnv(SimEnv):
         self.observation_space = observation_space(height, width)
         self.action_space = action_space()
         self.np_random, _ = gym.utils.seeding.np_random(self._seed)
-        self.init_state: int | None = None
+        self.init_state: int | None = None  # the evaluation init state of this episode, if any
+        self.scene_seed: int | None = None  # else the training scene's seed
         self.raw_observation: dict[str, Any] = {}  # robosuite's last observation, for debugging
         self._observation: dict[str, Any] | None = None
 
@@ -249,13 +252,29 @@ class LiberoEnv(SimEnv):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Init state `options["init_state"]`, else `seed % num_init_states`, else a random one."""
+        """Evaluation init state `options["init_state"]`; else, with a `seed`, training scene
+        `seed`; else a random init state.
+
+        A training scene is what LIBERO's own reset draws from the task's BDDL regions (objects
+        and fixtures placed by its samplers), seeded by `seed`: the same seed gives the same
+        scene, and no seed gives one of the 50 evaluation init states (those were drawn by
+        LIBERO's authors and are only ever loaded). This is how generated demonstrations stay
+        off the evaluation scenes, as our suites' training seeds do.
+        """
         super().reset(seed=seed)
-        self.init_state = self._choose_init_state(seed, options or {})
-        with _global_numpy_seed(self._fixture_seed(self.init_state)):
-            self.libero_env.reset()
-        self._zero_gripper_integrators()
-        raw = self.libero_env.set_init_state(self._init_states[self.init_state])
+        options = options or {}
+        if "init_state" in options or seed is None:
+            self.init_state = self._choose_init_state(options)
+            self.scene_seed = None
+            with _global_numpy_seed(self._fixture_seed(self.init_state)):
+                self.libero_env.reset()
+            self._zero_gripper_integrators()
+            raw = self.libero_env.set_init_state(self._init_states[self.init_state])
+        else:
+            self.init_state, self.scene_seed = None, int(seed)
+            with _global_numpy_seed(self._training_scene_seed(self.scene_seed)):
+                raw = self.libero_env.reset()
+            self._zero_gripper_integrators()
         for _ in range(self.settle_steps):
             raw, _, _, _ = self.libero_env.step(NO_OP_ACTION)
         success = bool(self.libero_env.check_success())
@@ -264,6 +283,7 @@ class LiberoEnv(SimEnv):
             "success": success,
             "task": self.task_description,
             "init_state": self.init_state,
+            "scene_seed": self.scene_seed,
         }
 
     def _apply_action(self, action: np.ndarray) -> tuple[dict[str, Any], bool]:
@@ -287,7 +307,7 @@ class LiberoEnv(SimEnv):
             self.libero_env = None
 
     # ------------------------------------------------------------------ helpers
-    def _choose_init_state(self, seed: int | None, options: dict[str, Any]) -> int:
+    def _choose_init_state(self, options: dict[str, Any]) -> int:
         if "init_state" in options:
             index = int(options["init_state"])
             if not 0 <= index < self.num_init_states:
@@ -295,12 +315,16 @@ class LiberoEnv(SimEnv):
                     f"init_state must be in 0..{self.num_init_states - 1}, got {index}"
                 )
             return index
-        if seed is not None:
-            return int(seed) % self.num_init_states
         return int(self.np_random.integers(self.num_init_states))
 
     def _fixture_seed(self, init_state: int) -> int:
         return int(np.random.SeedSequence([self._seed, init_state]).generate_state(1)[0])
+
+    def _training_scene_seed(self, scene_seed: int) -> int:
+        # "train" keeps these draws apart from the init states' fixture seeds
+        return int(
+            np.random.SeedSequence([self._seed, scene_seed, 0x747261696E]).generate_state(1)[0]
+        )
 
     def _zero_gripper_integrators(self) -> None:
         # robosuite grippers integrate the gripper command in `current_action`; a soft reset keeps it.

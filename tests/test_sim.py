@@ -17,7 +17,13 @@ from sim.base_env import SimEnv
 from sim.camera import project
 from sim.env import CAMERAS, TabletopEnv
 from sim.expert import ExpertStep, rollout
-from sim.labels import EpisodeLabeler, gripper_pixel, motion_primitive, visible_objects
+from sim.labels import (
+    EpisodeLabeler,
+    gripper_pixel,
+    label_source_of,
+    motion_primitive,
+    visible_objects,
+)
 from sim.registry import TaskIndexError, UnknownNameError
 from sim.suites import SUITE_TASKS
 
@@ -350,7 +356,7 @@ def test_projections_agree_with_rendered_pixels(quickstart_env: TabletopEnv) -> 
 
 def test_episode_labels_follow_the_expert() -> None:
     env = sim.make("quickstart", 2, render_images=False)
-    labeler = EpisodeLabeler(env)
+    labeler = EpisodeLabeler(label_source_of(env))
     assert run_expert(env, seed=5, labeler=labeler)
     columns = labeler.columns()
     frames = [
