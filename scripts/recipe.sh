@@ -7,10 +7,12 @@
 #   bash scripts/recipe.sh quickstart   # the main job (scripts/quickstart.sh, make quickstart)
 #   bash scripts/recipe.sh tabletop     # all 14 tabletop tasks (configs/tabletop_cpu.yaml)
 #   bash scripts/recipe.sh tabletop --eval-episodes 20 --think-episodes 0 --out outputs/tt20
+#   bash scripts/recipe.sh libero_object  # real LIBERO, 2 tasks (configs/libero_cpu.yaml)
 #
 # flags: --episodes N (demonstrations per task), --eval-episodes N (init states per task),
 # --think-episodes N (0: no think run), --train-scenes N (also roll out on N training scenes per
-# task: fit vs generalize), --no-expert-ceiling, --out DIR, --resume (training).
+# task: fit vs generalize), --no-expert-ceiling, --out DIR, --resume (training), --tasks "0 1"
+# (task indices or names, for generation and evaluation; default: the preset's).
 #
 # Every stage is resumable or cheap to repeat: generation resumes an interrupted dataset and
 # skips a complete one, training resumes from its last checkpoint with --resume. Stage wall times
@@ -22,6 +24,7 @@ ceiling=(--expert-ceiling)  # the scripted expert on the same init states, besid
 train_scenes=0
 eval_episodes=50  # our suites have 50 fixed init states per task
 episodes=30       # demonstrations per task
+tasks=()          # empty: every task of the suite
 case "${1:-}" in
     quickstart)
         suite=quickstart config=configs/quickstart.yaml out=outputs/quickstart
@@ -34,7 +37,15 @@ case "${1:-}" in
         # rerunning its 700 episodes would spend the budget on a known number
         ceiling=()
         ;;
-    *) echo "recipe.sh: the first argument is a preset, quickstart or tabletop (got '${1:-}')" >&2; exit 2 ;;
+    libero_object)
+        # LIBERO-Object's published protocol (50 init states per task, 280 steps); demonstrations
+        # from the scripted expert on training scenes drawn from the BDDL, 50 per task as LIBERO's
+        # human set has. Two tasks: a LIBERO step renders ~10x dearer than ours on a CPU.
+        suite=libero_object config=configs/libero_cpu.yaml out=outputs/libero_object
+        episodes=50 tasks=(0 1) think_episodes=0
+        ceiling=()  # docs/libero_expert_success.md has the expert on every init state
+        ;;
+    *) echo "recipe.sh: the first argument is a preset, quickstart, tabletop or libero_object (got '${1:-}')" >&2; exit 2 ;;
 esac
 shift
 resume=()
@@ -45,6 +56,7 @@ while (($#)); do
         --eval-episodes) eval_episodes=$2; shift 2 ;;
         --think-episodes) think_episodes=$2; shift 2 ;;
         --train-scenes) train_scenes=$2; shift 2 ;;
+        --tasks) read -ra tasks <<<"$2"; shift 2 ;;
         --resume) resume=(--resume); shift ;;
         --no-expert-ceiling) ceiling=(); shift ;;
         *) echo "recipe.sh: unknown argument '$1' (see the usage at the top of $0)" >&2; exit 2 ;;
@@ -67,27 +79,32 @@ stage() {  # stage NAME COMMAND...: run it and record its wall time
     printf '%s\t%s\n' "$name" "$((SECONDS - started))" >>"$timings"
 }
 
-stage generate .venv/bin/vla-data generate --suite "$suite" --episodes-per-task "$episodes" --out "$out/dataset"
+task_args=()
+((${#tasks[@]})) && task_args=(--tasks "${tasks[@]}")
+stage generate .venv/bin/vla-data generate --suite "$suite" --episodes-per-task "$episodes" \
+    "${task_args[@]}" --out "$out/dataset"
 stage render .venv/bin/vla-data render-episode "$out/dataset" --episode 0 --out "$out/episode0.mp4"
 stage train "$python" train.py --config "$config" "${resume[@]}" name="$run_name" data.path="$out/dataset"
 checkpoint="outputs/runs/$run_name/export"
 # The policy on scenes it was trained on: the gap to the evaluation below is generalization.
 if ((train_scenes > 0)); then
     stage evaluate_train_scenes "$python" eval.py --checkpoint "$checkpoint" --suite "$suite" \
-        --episodes-per-task "$train_scenes" --envs 2 --noise-scale 0 --train-scenes \
+        --episodes-per-task "$train_scenes" --envs 2 --noise-scale 0 --train-scenes "${task_args[@]}" \
         --videos-per-task 0 --no-progress --out "$out/eval_train_scenes"
 fi
 
 # Acting without thinking (the fast mode), on every init state, beside the scripted expert.
 # Deterministic sampling (--noise-scale 0) is steadier in closed loop with this little data.
 stage evaluate "$python" eval.py --checkpoint "$checkpoint" --suite "$suite" \
-    --episodes-per-task "$eval_episodes" --envs 2 --noise-scale 0 "${ceiling[@]}" --out "$out/eval"
+    --episodes-per-task "$eval_episodes" --envs 2 --noise-scale 0 "${ceiling[@]}" "${task_args[@]}" \
+    --out "$out/eval"
 modes=(act="$out/eval")
 # The same checkpoint thinking before every chunk, on the first init states of each task; its
 # videos show the generated chain (plan, subtask, motion, gripper trace, boxes) on every frame.
 if ((think_episodes > 0)); then
     stage evaluate_think "$python" eval.py --checkpoint "$checkpoint" --suite "$suite" \
         --episodes-per-task "$think_episodes" --envs 2 --noise-scale 0 --think --videos-per-task 1 \
+        "${task_args[@]}" \
         --out "$out/eval_think"
     modes+=(think="$out/eval_think")
 fi

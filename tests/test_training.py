@@ -215,6 +215,35 @@ def test_nan_dataset_stats_are_refused_before_the_first_step(write_dataset, tmp_
     assert not (config.run_dir / "checkpoints").exists(), "no training step may have run"
 
 
+def test_chains_longer_than_max_reasoning_tokens_are_refused_before_the_first_step(
+    write_dataset, tmp_path: Path
+) -> None:
+    """Before, such a chain was cut to the limit without a word (LIBERO's 7-object scenes: 158
+    tokens against 96): the model learnt chains that stop mid-box and never parse."""
+    root, _ = write_dataset(lengths=(12, 12))
+    config = quick_config(
+        root,
+        tmp_path / "runs",
+        "trainer.max_steps=2",
+        "processor.reasoning_dropout=0.5",
+        "model.overrides.max_reasoning_tokens=20",
+    )
+    with pytest.raises(ValueError, match="max_reasoning_tokens 20") as error:
+        train(config)
+    message = str(error.value)
+    assert message.startswith(str(root)) and "model.overrides.max_reasoning_tokens=" in message
+    assert not (config.run_dir / "checkpoints").exists(), "no training step may have run"
+    needed = int(message.split("max_reasoning_tokens=")[1].split(" ")[0])
+    enough = quick_config(
+        root,
+        tmp_path / "runs2",
+        "trainer.max_steps=2",
+        "processor.reasoning_dropout=0.5",
+        f"model.overrides.max_reasoning_tokens={needed}",
+    )
+    assert (train(enough) / "model.safetensors").exists()
+
+
 def test_non_finite_loss_stops_training_at_that_step(write_dataset, tmp_path: Path) -> None:
     """A learning rate of 1e30 sends the weights to ~1e30 in one step; the next loss overflows.
     Training must stop at that step, and no checkpoint may be written after it."""

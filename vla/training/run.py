@@ -6,7 +6,8 @@ Run directory (`<output_dir>/<name>/`): `resolved_config.yaml`, `tokenizer/`,
 `<name>.sha256` digest beside it), `logs/` (CSV and wandb), and `export/` (DESIGN.md
 checkpoint: loads with `VLAPolicy.from_pretrained`).
 
-What a run refuses: dataset statistics that `check_policy_stats` rejects (before the first step,
+What a run refuses: chains of thought longer than the model's `max_reasoning_tokens`
+(`check_chains_fit`, naming the frame and the setting); dataset statistics that `check_policy_stats` rejects (before the first step,
 naming the dataset's meta/stats.json and the key); a non-finite loss (at that step, see
 `vla.training.module`); and on `resume`, a missing last.ckpt or one whose bytes no longer match
 the digest recorded when it was written (`ResumeError`, naming the file and what to do; see
@@ -25,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from data import layout
 from data.features import observation_spec
 from data.reader import LeRobotDatasetReader
+from data.reasoning import Reasoning, format_reasoning
 from data.schema import ACTION_KEY, REASONING_FIELDS, REASONING_TEXT_FIELDS, ObservationSpec
 from data.stats import StatsError
 from vla.checkpoint import save_checkpoint
@@ -106,6 +109,8 @@ def train(
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but the backbone's vocabulary is {vocabulary}"
         )
+    if trains_reasoning(config, reader):
+        check_chains_fit(reader, tokenizer, model_config.max_reasoning_tokens)
     processor_config = config.processor
     processor = Processor(model_config, processor_config, stats, tokenizer, spec)
     module = VLATrainingModule(config, model_config, processor)
@@ -183,6 +188,31 @@ def dataset_stats(
             f"`vla-data info {reader.root}` validates the data, `vla-data stats {reader.root}` "
             f"recomputes the statistics"
         ) from None
+
+
+def check_chains_fit(reader: LeRobotDatasetReader, tokenizer: Any, max_tokens: int) -> None:
+    """Refuse a dataset whose full chain of thought (every tag, with EOS) is longer than the
+    model's `max_reasoning_tokens`: the chain would be cut mid-field, the model would learn to
+    stop there, and its generated chains would never parse. LIBERO scenes with 7 objects write
+    ~160-token chains, our suites' ~60."""
+    table = reader.table
+    present = [key for key in REASONING_FIELDS if key in table.column_names]
+    columns = {key: table[key].to_pylist() for key in present}
+    texts = []
+    for row in range(reader.num_frames):
+        frame = {key: columns[key][row] for key in present}
+        if "reasoning.gripper_px" in frame:
+            frame["reasoning.gripper_px"] = np.asarray(frame["reasoning.gripper_px"], np.int16)
+        texts.append(format_reasoning(Reasoning.from_frame(frame)))
+    lengths = [len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    longest = int(np.argmax(lengths)) if lengths else 0
+    if lengths and lengths[longest] > max_tokens:
+        raise ValueError(
+            f"{reader.root}: the chain of thought of frame {longest} is {lengths[longest]} "
+            f"tokens with EOS, over the model's max_reasoning_tokens {max_tokens}: it would be "
+            f"cut mid-chain; set model.overrides.max_reasoning_tokens={lengths[longest]} or more "
+            f"(or processor.reasoning_dropout=1.0 to train act-only)"
+        )
 
 
 def trains_reasoning(config: TrainConfig, reader: LeRobotDatasetReader) -> bool:
