@@ -30,7 +30,12 @@ Rendering (measured on a 2-core CPU with Mesa llvmpipe, `MUJOCO_GL=egl`):
   surfaces that are drawn twice, so llvmpipe is bound by geometry, not pixels. On a GPU it is a
   few milliseconds. Hence: the images come at the requested size (no 256 render + resize), no
   depth or segmentation, and `render()` returns the frame already rendered by the last step
-  instead of drawing a third view. Skipping renders during the settle steps was rejected: turning
+  instead of drawing a third view.
+- A policy that executes a chunk of n actions looks at one observation in n. Setting
+  `render_images = False` for the steps in between (as `SuiteEnv.step_many` does) skips drawing
+  their frames: each camera's sensor hands back its previous frame instead, while the observable
+  stays enabled, so its sampling timers run as before and every frame that *is* drawn is the
+  protocol's, bit for bit (tests/test_libero_env.py; benchmarks/env_throughput.py measures it). Skipping renders during the settle steps was rejected: turning
   robosuite's camera observables off and on resets their sampling timers, which would shift the
   substep at which later images are taken, so the images would differ from the protocol's.
 - `OffScreenRenderEnv` defaults to `hard_reset=True`, which rebuilds the MuJoCo model *and the
@@ -226,7 +231,6 @@ class LiberoEnv(SimEnv):
         self._init_states = np.asarray(benchmark.get_task_init_states(self.task_id))
         self.num_init_states = len(self._init_states)
         height, width = self.image_size
-        self.render_images = render_images
         settings: dict[str, Any] = dict(
             bddl_file_name=benchmark.get_task_bddl_file_path(self.task_id),
             camera_heights=height,
@@ -242,6 +246,10 @@ class LiberoEnv(SimEnv):
             )
         self.observation_space = observation_space(height, width)
         self.action_space = action_space()
+        self._cameras = render_images
+        self._skip_render = False  # the next steps' frames are not looked at (render_images)
+        if render_images:
+            self._make_camera_renders_skippable()
         self.np_random, _ = gym.utils.seeding.np_random(self._seed)
         self.init_state: int | None = None  # the evaluation init state of this episode, if any
         self.scene_seed: int | None = None  # else the training scene's seed
@@ -266,12 +274,14 @@ class LiberoEnv(SimEnv):
         if "init_state" in options or seed is None:
             self.init_state = self._choose_init_state(options)
             self.scene_seed = None
+            self._make_gl_context_current()
             with _global_numpy_seed(self._fixture_seed(self.init_state)):
                 self.libero_env.reset()
             self._zero_gripper_integrators()
             raw = self.libero_env.set_init_state(self._init_states[self.init_state])
         else:
             self.init_state, self.scene_seed = None, int(seed)
+            self._make_gl_context_current()
             with _global_numpy_seed(self._training_scene_seed(self.scene_seed)):
                 raw = self.libero_env.reset()
             self._zero_gripper_integrators()
@@ -287,24 +297,71 @@ class LiberoEnv(SimEnv):
         }
 
     def _apply_action(self, action: np.ndarray) -> tuple[dict[str, Any], bool]:
+        self._make_gl_context_current()
         raw, _, done, _ = self.libero_env.step(action)
         return self._observe(raw), bool(done)  # LIBERO's done is its goal predicate
 
     def render(self) -> np.ndarray:
         """The upright agentview frame of the last reset/step: already rendered, not drawn again."""
-        if not self.render_images:
+        if not self._cameras:
             raise RuntimeError(
                 "this LiberoEnv was built with render_images=False: it has no frames"
             )
         if self._observation is None:
             raise RuntimeError("call reset() before render()")
-        return self._observation[image_key("agentview")].copy()
+        key = image_key("agentview")
+        if key not in self._observation:
+            raise RuntimeError("the last step was not rendered (render_images was False)")
+        return self._observation[key].copy()
 
     def close(self) -> None:
         """Free the MuJoCo sim and its OpenGL context now rather than at interpreter exit."""
         if getattr(self, "libero_env", None) is not None:
+            # Its GL objects are freed in whatever context is current: make it this env's, or
+            # another env's textures and buffers would be deleted in its place.
+            self._make_gl_context_current()
             self.libero_env.close()
             self.libero_env = None
+
+    # ------------------------------------------------------------------ rendering
+    @property
+    def render_images(self) -> bool:
+        """Whether observations carry camera images. Set False for steps whose observation
+        nobody looks at (`SuiteEnv.step_many` between a chunk's actions): robosuite then skips
+        drawing them, and the frames that are drawn stay bit for bit the always-rendering ones
+        (module docstring). An env built with `render_images=False` has no cameras to turn on."""
+        return self._cameras and not self._skip_render
+
+    @render_images.setter
+    def render_images(self, value: bool) -> None:
+        if value and not self._cameras:
+            raise RuntimeError(
+                "this LiberoEnv was built with render_images=False: it has no cameras to turn on"
+            )
+        self._skip_render = not value
+
+    def _make_gl_context_current(self) -> None:
+        """Make this env's OpenGL context the thread's current one before anything renders.
+
+        robosuite makes a context current only when it creates it, and never again: with two
+        LIBERO envs in one process (an evaluation worker keeps the last two tasks' envs), the
+        older one rendered into the newer one's context, and once any env was closed (which
+        releases the thread's context) into none at all. Its frames then differed from the
+        protocol's in scattered pixels, run to run (tests/test_libero_env.py). `close` needs it
+        too: robosuite frees an env's GL objects in the current context, whosever it is."""
+        context = getattr(self.libero_env.env.sim, "_render_context_offscreen", None)
+        if context is not None:
+            context.gl_ctx.make_current()
+
+    def _make_camera_renders_skippable(self) -> None:
+        """Wrap each camera observable's sensor so that, while `_skip_render` is set, it hands
+        back its previous frame instead of drawing one. The observable itself stays enabled:
+        its sampling timers, and so the substep at which each drawn frame is taken, are those of
+        an env that renders every step."""
+        observables = self.libero_env.env._observables
+        for raw_key in IMAGE_KEYS.values():
+            observable = observables[raw_key]
+            observable._sensor = _skippable(observable._sensor, self)
 
     # ------------------------------------------------------------------ helpers
     def _choose_init_state(self, options: dict[str, Any]) -> int:
@@ -342,6 +399,21 @@ class LiberoEnv(SimEnv):
         observation[TASK_KEY] = self.task_description
         self._observation = observation
         return observation
+
+
+def _skippable(sensor: Any, env: LiberoEnv) -> Any:
+    """`sensor`, answering with its last frame instead of rendering while env skips renders."""
+    last: list[Any] = []
+
+    def sense(obs_cache: dict[str, Any]) -> Any:
+        if env._skip_render and last:
+            return last[0]
+        frame = sensor(obs_cache)
+        last[:] = [frame]
+        return frame
+
+    sense.__modality__ = sensor.__modality__  # type: ignore[attr-defined]  # robosuite reads it
+    return sense
 
 
 def proprio_state(raw: dict[str, Any]) -> np.ndarray:

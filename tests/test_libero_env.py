@@ -222,3 +222,57 @@ def test_reset_applies_the_chosen_init_state_and_truncates_after_max_episode_ste
         assert env.steps == 3
     finally:
         env.close()
+
+
+@pytest.mark.slow
+def test_skipping_the_frames_between_chunks_leaves_every_drawn_frame_the_protocols(spatial_env):
+    """A policy executing 4 actions per chunk looks at one observation in 4. Rendering only
+    those must give the same frames, bit for bit, as rendering every step (robosuite's camera
+    timers must not shift), and the same physics."""
+    env = spatial_env
+    actions = [close_gripper_and_move(step) for step in range(8)]
+    runs = []
+    for every in (1, 4):
+        env.reset(options={"init_state": INIT_STATE})
+        frames = {}
+        for step, action in enumerate(actions):
+            env.render_images = (step + 1) % every == 0
+            observation = env.step(action)[0]
+            assert (IMAGE_KEYS.keys() <= observation.keys()) is env.render_images
+            if env.render_images:
+                frames[step] = {key: observation[key] for key in IMAGE_KEYS}
+        env.render_images = True
+        runs.append((frames, env.libero_env.get_sim_state().copy()))
+    (every_step, state_always), (some_steps, state_skipping) = runs
+    assert sorted(some_steps) == [3, 7]
+    for step, frames in some_steps.items():
+        for key, image in frames.items():
+            np.testing.assert_array_equal(image, every_step[step][key], err_msg=f"{key} {step}")
+    np.testing.assert_array_equal(state_always, state_skipping)
+    agentview = next(iter(IMAGE_KEYS))
+    assert not np.array_equal(every_step[3][agentview], every_step[7][agentview]), (
+        "the arm moved between the compared frames"
+    )
+
+
+@pytest.mark.slow
+def test_frames_do_not_depend_on_other_envs_built_or_closed_in_the_process(spatial_env):
+    """robosuite never makes a context current again after creating it: before the fix, once
+    another LIBERO env had been built and closed (an evaluation worker switching tasks), this
+    env drew its frames with no context current, and they changed in scattered pixels."""
+
+    def frames() -> list[np.ndarray]:
+        spatial_env.reset(options={"init_state": INIT_STATE})
+        return [spatial_env.step(close_gripper_and_move(step))[0] for step in range(3)]
+
+    before = frames()
+    other = sim.make("libero_object", 1, image_size=IMAGE_SIZE, settle_steps=0)
+    other.reset(options={"init_state": 0})
+    other.step(NO_OP)
+    after_build = frames()
+    other.close()
+    after_close = frames()
+    for observations in (after_build, after_close):
+        for step, observation in enumerate(observations):
+            for key in IMAGE_KEYS:
+                np.testing.assert_array_equal(observation[key], before[step][key], err_msg=key)
