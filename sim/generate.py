@@ -216,16 +216,21 @@ def _config_json(config: GenerationConfig) -> dict[str, Any]:
 
 
 def scene_layout_fingerprint(suite: str) -> str | None:
-    """A short hash of how our suite's scenes are drawn (objects, regions, ranges, turns).
+    """A short hash of how a suite's training scenes are drawn: our suites' task specs (objects,
+    regions, ranges, turns), or a LIBERO suite's BDDL files (its placement regions).
 
     Why: the same seeds give other scenes once a task's layout changes, so resuming a dataset
     generated before the change would mix two scene distributions without any error.
-    None for suites we do not define (LIBERO's scenes come from its own files)."""
+    None for a suite that is neither."""
     from sim.suites import SUITE_TASKS
 
-    if suite not in SUITE_TASKS:
-        return None
-    return hashlib.sha256(repr(SUITE_TASKS[suite]).encode()).hexdigest()[:12]
+    if suite in SUITE_TASKS:
+        return hashlib.sha256(repr(SUITE_TASKS[suite]).encode()).hexdigest()[:12]
+    from sim.libero_env import SUITE_MAX_EPISODE_STEPS, libero_bddl_texts
+
+    if suite in SUITE_MAX_EPISODE_STEPS:
+        return hashlib.sha256("\n".join(libero_bddl_texts(suite)).encode()).hexdigest()[:12]
+    return None
 
 
 def generate_dataset(

@@ -61,6 +61,7 @@ import io
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -136,6 +137,15 @@ def libero_task_names(suite: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise RuntimeError(f"LIBERO suite {suite!r} has task names that are not unique: {names}")
     return names
+
+
+def libero_bddl_texts(suite: str) -> tuple[str, ...]:
+    """The BDDL file of every task of `suite`, in task order (goals and placement regions)."""
+    benchmark = _benchmark(suite)
+    return tuple(
+        Path(benchmark.get_task_bddl_file_path(index)).read_text()
+        for index in range(benchmark.n_tasks)
+    )
 
 
 def _scene_of(libero_task_name: str) -> str:

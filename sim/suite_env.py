@@ -45,7 +45,7 @@ class SuiteEnv(gym.Env):
         self.image_size = tuple(image_size)
         self.oracle_expert = oracle_expert
         # Off only for the oracle expert, which never looks at images (rendering is most of a
-        # step's cost); the LIBERO envs always render.
+        # step's cost). When on, `step_many` still draws only the frames that are looked at.
         self.render_images = render_images
         self.max_cached_envs = max_cached_envs
         self._envs: collections.OrderedDict[str, gym.Env] = collections.OrderedDict()
