@@ -42,7 +42,7 @@ case "${1:-}" in
         # from the scripted expert on training scenes drawn from the BDDL, 50 per task as LIBERO's
         # human set has. Two tasks: a LIBERO step renders ~10x dearer than ours on a CPU.
         suite=libero_object config=configs/libero_cpu.yaml out=outputs/libero_object
-        episodes=50 tasks=(0 1) think_episodes=0
+        episodes=50 tasks=(0 1) think_episodes=10  # thinking: ~300 ms a call (~160 tokens)
         ceiling=()  # docs/libero_expert_success.md has the expert on every init state
         ;;
     *) echo "recipe.sh: the first argument is a preset, quickstart, tabletop or libero_object (got '${1:-}')" >&2; exit 2 ;;
