@@ -74,14 +74,15 @@ def task_family(env: Any, suite: str) -> str:
 
 
 def markdown_table(results: list[TaskResult], seconds: float, workers: int) -> str:
+    init_states = max((result.episodes for result in results if not result.unsupported), default=0)
     lines = [
         "# Scripted expert success",
         "",
         f"{datetime.date.today().isoformat()} · {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores · `python -m sim.expert_report` ({workers} workers, {seconds / 60:.1f} min)",
         "",
-        "Each task's expert runs once from each of its 50 fixed evaluation init states "
-        "(`reset(options={'init_state': i})`), with the demonstration action noise on.",
+        f"Each task's expert runs once from each of its first {init_states} fixed evaluation "
+        "init states (`reset(options={'init_state': i})`), with the demonstration action noise on.",
         "",
         "| suite | task | family | success | mean steps | failed init states |",
         "| --- | --- | --- | ---: | ---: | --- |",
