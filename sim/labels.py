@@ -178,15 +178,24 @@ def visible_objects(env: TabletopEnv) -> tuple[ObjectBox, ...]:
         pixels, in_front = project(
             env.model, env.data, CAMERAS["agentview"], corners, height, width
         )
-        if not in_front.all():
-            continue
-        x1, y1 = np.floor(pixels.min(axis=0)).astype(int)
-        x2, y2 = np.floor(pixels.max(axis=0)).astype(int)
-        if x2 < 0 or y2 < 0 or x1 >= width or y1 >= height:
-            continue
-        box = (max(x1, 0), max(y1, 0), min(x2, width - 1), min(y2, height - 1))
-        boxes.append(ObjectBox(env.task.display(spec.name), tuple(int(v) for v in box)))
+        box = clipped_box(pixels, in_front, height, width)
+        if box is not None:
+            boxes.append(ObjectBox(env.task.display(spec.name), box))
     return tuple(boxes)
+
+
+def clipped_box(
+    pixels: np.ndarray, in_front: np.ndarray, height: int, width: int
+) -> tuple[int, int, int, int] | None:
+    """The inclusive pixel box [x1, y1, x2, y2] of projected points (N, 2), clipped to the image;
+    None when a point is behind the camera or the box lies wholly outside the image."""
+    if not in_front.all():
+        return None
+    x1, y1 = np.floor(pixels.min(axis=0)).astype(int)
+    x2, y2 = np.floor(pixels.max(axis=0)).astype(int)
+    if x2 < 0 or y2 < 0 or x1 >= width or y1 >= height:
+        return None
+    return (int(max(x1, 0)), int(max(y1, 0)), int(min(x2, width - 1)), int(min(y2, height - 1)))
 
 
 _UNIT_CORNERS = np.array(

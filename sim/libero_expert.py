@@ -320,11 +320,7 @@ class LiberoWorld:
 
     def _collision_geoms(self, name: str) -> list[int]:
         """Geoms that collide, of `name`'s body and every body below it."""
-        root = self.task_env.obj_body_id[name]
-        bodies = {root}
-        for body in range(root + 1, self._model.nbody):
-            if self._model.body_parentid[body] in bodies:
-                bodies.add(body)
+        bodies = subtree_bodies(self._model, self.task_env.obj_body_id[name])
         geoms = [
             geom
             for geom in range(self._model.ngeom)
@@ -386,6 +382,15 @@ def place_steps(goal: Sequence[Sequence[str]], task_env: Any) -> list[PlaceStep]
             "the scripted LIBERO expert has primitives for (In obj region) and (On obj target) only"
         )
     return steps
+
+
+def subtree_bodies(model: mujoco.MjModel, root: int) -> set[int]:
+    """`root` and every body below it (MuJoCo numbers a child after its parent)."""
+    bodies = {root}
+    for body in range(root + 1, model.nbody):
+        if model.body_parentid[body] in bodies:
+            bodies.add(body)
+    return bodies
 
 
 def _distance_to_segment(point: np.ndarray, start: np.ndarray, end: np.ndarray) -> float:

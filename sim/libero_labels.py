@@ -27,8 +27,9 @@ import numpy as np
 
 from data.reasoning import ObjectBox
 from sim.camera import project
+from sim.labels import clipped_box
 from sim.libero_env import LiberoEnv
-from sim.libero_expert import place_steps
+from sim.libero_expert import place_steps, subtree_bodies
 
 CAMERA = "agentview"
 LIBERO_Y_WORDS = ("left", "right")  # how +y and -y read in LIBERO's stored agentview image
@@ -82,15 +83,9 @@ class LiberoLabels:
         boxes = []
         for name in self.labelled:
             corners = np.concatenate([self._geom_corners(geom) for geom in self._geoms[name]])
-            pixels, in_front = self.image_pixels(corners)
-            if not in_front.all():
-                continue
-            x1, y1 = np.floor(pixels.min(axis=0)).astype(int)
-            x2, y2 = np.floor(pixels.max(axis=0)).astype(int)
-            if x2 < 0 or y2 < 0 or x1 >= width or y1 >= height:
-                continue
-            box = (max(x1, 0), max(y1, 0), min(x2, width - 1), min(y2, height - 1))
-            boxes.append(ObjectBox(self.names[name], tuple(int(v) for v in box)))
+            box = clipped_box(*self.image_pixels(corners), height, width)
+            if box is not None:
+                boxes.append(ObjectBox(self.names[name], box))
         return tuple(boxes)
 
     # ------------------------------------------------------------------ geometry
@@ -107,11 +102,7 @@ class LiberoLabels:
         return self._geoms[name]
 
     def _visual_geoms(self, name: str) -> list[int]:
-        root = self.task_env.obj_body_id[name]
-        bodies = {root}
-        for body in range(root + 1, self._model.nbody):
-            if self._model.body_parentid[body] in bodies:
-                bodies.add(body)
+        bodies = subtree_bodies(self._model, self.task_env.obj_body_id[name])
         in_subtree = [g for g in range(self._model.ngeom) if self._model.geom_bodyid[g] in bodies]
         visual = [g for g in in_subtree if self._model.geom_group[g] == 1]
         if not (visual or in_subtree):
