@@ -7,7 +7,8 @@ primitives, no shadows, no reflections).
 
 LIBERO is also timed drawing its frames only on the steps a policy looks at (the evaluation
 default: 5 actions executed per chunk of 10; the frames drawn are the protocol's bit for bit),
-and with no cameras at all (physics only, the expert table's setting).
+with the cheaper frames of `render_quality="fast"` (for generating training data: no reflections,
+no multisampling), and with no cameras at all (physics only, the expert table's setting).
 
     MUJOCO_GL=egl .venv/bin/python benchmarks/env_throughput.py [--steps 60] [--size 128]
 """
@@ -78,12 +79,18 @@ def main() -> None:
         "LIBERO: libero_spatial task 0, drawn 1 step in 5": steps_per_second(
             "libero_spatial", 0, args.steps, args.size, draw_every=5
         ),
+        "LIBERO: libero_spatial task 0, fast render": steps_per_second(
+            "libero_spatial", 0, args.steps, args.size, render_quality="fast"
+        ),
+        "LIBERO: libero_10 task 0, fast render": steps_per_second(
+            "libero_10", 0, args.steps, args.size, render_quality="fast"
+        ),
         "LIBERO: libero_spatial task 0, images off": steps_per_second(
             "libero_spatial", 0, args.steps, args.size, render_images=False
         ),
     }
     for name, value in results.items():
-        print(f"{name:<42} {value:7.1f} steps/s")
+        print(f"{name:<50} {value:7.1f} steps/s")
     ours = min(results["ours: quickstart task 0"], results["ours: tabletop task 12 (most objects)"])
     libero = max(results["LIBERO: libero_spatial task 0"], results["LIBERO: libero_10 task 0"])
     print(f"\nslowest of ours / fastest LIBERO: {ours / libero:.1f}x")
@@ -92,6 +99,10 @@ def main() -> None:
     print(
         f"LIBERO drawing 1 step in 5 (a chunk of 10, 5 executed) / every step: {skipping / spatial:.1f}x"
     )
+    for suite in ("libero_spatial", "libero_10"):
+        fast = results[f"LIBERO: {suite} task 0, fast render"]
+        protocol = results[f"LIBERO: {suite} task 0"]
+        print(f"LIBERO {suite} fast render / protocol render (every frame): {fast / protocol:.1f}x")
 
 
 if __name__ == "__main__":

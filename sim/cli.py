@@ -41,6 +41,13 @@ def add_sim_commands(commands: argparse._SubParsersAction) -> None:
         "--video", action="store_true", help="store cameras as mp4 instead of PNG"
     )
     generate.add_argument("--tasks", nargs="+", help="task indices or names (default: all)")
+    generate.add_argument(
+        "--render-quality",
+        choices=("protocol", "fast"),
+        default="protocol",
+        help="LIBERO only: 'fast' draws without reflections or multisampling, 1.3-2.2x faster; "
+        "its images are not the evaluation protocol's",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         image_size=tuple(args.image_size),
         video=args.video,
         tasks=tasks,
+        render_quality=args.render_quality,
     )
     try:
         summary = generate_dataset(config, args.out, workers=args.workers)

@@ -60,6 +60,7 @@ class GenerationConfig:
     video: bool = False
     tasks: tuple[str, ...] = ()  # empty: every task of the suite
     max_attempts_factor: int = 3  # give up on a task after factor * N + 10 attempts
+    render_quality: str = "protocol"  # LIBERO only: "fast" draws cheaper frames (sim.libero_env)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class EpisodeJob:
     task: str
     seed: int
     image_size: tuple[int, int]
+    render_quality: str = "protocol"
 
 
 @dataclass
@@ -91,20 +93,25 @@ class GenerationSummary:
     skipped_existing: int
 
 
+# Settings added after datasets were first written, with the value those datasets were made
+# with: resuming one of them compares against this value instead of calling it different.
+_SETTINGS_BEFORE_RECORDED = {"render_quality": "protocol"}
+
 # ---------------------------------------------------------------------- worker side
-# The worker's one open env, by (suite, task, image size). Jobs arrive task by task, so one is
+# The worker's one open env, by (suite, task, image size, render quality). Jobs arrive task by task, so one is
 # enough, and holding every task's env (renderer, GL context) would grow a worker by ~200 MB per
 # task of a suite.
-_ENV: dict[tuple[str, str, tuple[int, int]], Any] = {}
+_ENV: dict[tuple[str, str, tuple[int, int], str], Any] = {}
 
 
-def _worker_env(key: tuple[str, str, tuple[int, int]]) -> Any:
+def _worker_env(key: tuple[str, str, tuple[int, int], str]) -> Any:
     from sim.catalog import make
 
     if key not in _ENV:
         _close_worker_env()
-        suite, task, image_size = key
-        _ENV[key] = make(suite, task, image_size=image_size)
+        suite, task, image_size, render_quality = key
+        quality = {} if render_quality == "protocol" else {"render_quality": render_quality}
+        _ENV[key] = make(suite, task, image_size=image_size, **quality)
         # closed at exit before MuJoCo's own atexit hook (registered with the first GL context)
         # terminates the EGL display: atexit runs the latest registration first, and
         # unregistering first keeps a single registration. Left to the garbage collector, the
@@ -125,7 +132,7 @@ def run_expert_episode(job: EpisodeJob) -> ExpertEpisode:
     from sim.expert import ExpertStep, rollout
     from sim.labels import EpisodeLabeler, label_source_of
 
-    env = _worker_env((job.suite, job.task, job.image_size))
+    env = _worker_env((job.suite, job.task, job.image_size, job.render_quality))
     labeler = EpisodeLabeler(label_source_of(env))
     frames: dict[str, list[Any]] = collections.defaultdict(list)
 
@@ -165,7 +172,10 @@ class GenerationLedger:
             recorded = payload.get("config", {})
             mine = _config_json(config)
             differing = sorted(
-                key for key in mine if key != "episodes_per_task" and recorded.get(key) != mine[key]
+                key
+                for key in mine
+                if key != "episodes_per_task"
+                and recorded.get(key, _SETTINGS_BEFORE_RECORDED.get(key)) != mine[key]
             )
             if differing:
                 raise ValueError(
@@ -233,6 +243,20 @@ def scene_layout_fingerprint(suite: str) -> str | None:
     return None
 
 
+def _check_render_quality(config: GenerationConfig) -> None:
+    from sim.libero_env import RENDER_QUALITIES, SUITE_MAX_EPISODE_STEPS
+
+    if config.render_quality not in RENDER_QUALITIES:
+        raise ValueError(
+            f"render_quality must be one of {RENDER_QUALITIES}, got {config.render_quality!r}"
+        )
+    if config.render_quality != "protocol" and config.suite not in SUITE_MAX_EPISODE_STEPS:
+        raise ValueError(
+            f"render_quality {config.render_quality!r} is a LIBERO setting; suite "
+            f"{config.suite!r} has one way to draw (use 'protocol')"
+        )
+
+
 def generate_dataset(
     config: GenerationConfig, out: str | Path, workers: int = 1, progress: bool = True
 ) -> GenerationSummary:
@@ -243,6 +267,7 @@ def generate_dataset(
     tasks = [spec.resolve(task) for task in config.tasks] or list(spec.tasks)
     if config.episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {config.episodes_per_task}")
+    _check_render_quality(config)
     root = Path(out)
     features = default_features(image_size=config.image_size, video=config.video)
     writer = LeRobotDatasetWriter(root, features=features, fps=FPS, robot_type="panda")
@@ -305,7 +330,8 @@ def _generate_task(
         while len(pending) < 2 * workers and attempts + len(pending) < max_attempts:
             pending.append(
                 pool.submit(
-                    run_expert_episode, EpisodeJob(config.suite, task, seed, config.image_size)
+                    run_expert_episode,
+                    EpisodeJob(config.suite, task, seed, config.image_size, config.render_quality),
                 )
             )
             seed += 1

@@ -99,6 +99,30 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
         generate_dataset(config(2), tmp_path / "ds", workers=1, progress=False)
 
 
+def test_render_quality_is_part_of_the_settings_and_only_libero_has_a_fast_one(
+    tmp_path: Path,
+) -> None:
+    generate_dataset(config(1), tmp_path / "ds", workers=1, progress=False)
+    ledger = tmp_path / "ds" / GENERATION_PATH
+    payload = json.loads(ledger.read_text())
+    assert payload["config"]["render_quality"] == "protocol"
+    # A dataset written before the setting was recorded was drawn at protocol quality: it
+    # resumes under the default and is refused under another.
+    del payload["config"]["render_quality"]
+    ledger.write_text(json.dumps(payload))
+    generate_dataset(config(2), tmp_path / "ds", workers=1, progress=False)
+    payload = json.loads(ledger.read_text())
+    payload["config"]["render_quality"] = "fast"
+    ledger.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="render_quality: 'fast' vs 'protocol'"):
+        generate_dataset(config(3), tmp_path / "ds", workers=1, progress=False)
+    with pytest.raises(ValueError, match="'fast' is a LIBERO setting; suite 'quickstart'"):
+        generate_dataset(
+            replace(config(1), render_quality="fast"), tmp_path / "new", workers=1, progress=False
+        )
+    assert not (tmp_path / "new").exists()
+
+
 def test_unknown_task_is_refused_before_any_work(tmp_path: Path) -> None:
     typo = replace(config(1), tasks=("put the blue cube on the plat",))
     with pytest.raises(KeyError, match=f"did you mean '{TASK}'.*--list-tasks"):

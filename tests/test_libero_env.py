@@ -276,3 +276,38 @@ def test_frames_do_not_depend_on_other_envs_built_or_closed_in_the_process(spati
         for step, observation in enumerate(observations):
             for key in IMAGE_KEYS:
                 np.testing.assert_array_equal(observation[key], before[step][key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_fast_render_draws_the_same_scene_cheaper_and_leaves_the_physics_alone(spatial_env):
+    """`render_quality="fast"` (for generating training data) must change only how frames are
+    drawn: the same states, the same scene in the images (within a few grey levels on average:
+    reflections and edge smoothing go), never the protocol's frames bit for bit."""
+    fast = sim.make("libero_spatial", 0, image_size=IMAGE_SIZE, render_quality="fast")
+    try:
+        assert fast.libero_env.env.sim._render_context_offscreen.con.offSamples == 0
+        runs = []
+        for env in (spatial_env, fast):
+            env.reset(options={"init_state": INIT_STATE})
+            observations = [env.step(close_gripper_and_move(step))[0] for step in range(3)]
+            runs.append((observations, env.libero_env.get_sim_state().copy()))
+    finally:
+        fast.close()
+    (protocol, protocol_state), (cheap, cheap_state) = runs
+    np.testing.assert_array_equal(protocol_state, cheap_state)
+    for step in range(3):
+        np.testing.assert_array_equal(
+            protocol[step]["observation.state"], cheap[step]["observation.state"]
+        )
+        for key in IMAGE_KEYS:
+            drawn, reference = cheap[step][key].astype(float), protocol[step][key].astype(float)
+            assert drawn.shape == reference.shape
+            difference = float(np.abs(drawn - reference).mean())
+            assert 0.0 < difference < 12.0, (
+                f"{key} step {step}: mean |fast - protocol| {difference:.2f}"
+            )
+
+
+def test_an_unknown_render_quality_is_refused_by_name():
+    with pytest.raises(ValueError, match="render_quality must be one of .*'fast'.*got 'cheap'"):
+        LiberoEnv("libero_spatial", 0, render_quality="cheap")
