@@ -28,7 +28,7 @@ from robosuite.utils import transform_utils
 from sim.env import TabletopEnv
 from sim.objects import RECEPTACLE_KINDS, half_height
 from sim.scene import TABLE_OFFSET
-from sim.tasks import PlaceStep
+from sim.tasks import JointStep, PlaceStep
 
 POSITION_SCALE = 0.05  # metres per unit action (robosuite OSC_POSE output_max)
 ROTATION_SCALE = 0.5  # radians per unit action
@@ -44,6 +44,9 @@ class Phase(Enum):
     LOWER = "lower"
     RELEASE = "release"
     RETREAT = "retreat"
+    # A JointStep's (sim.libero_articulation): approach → descend → [grasp] → operate → release
+    # → retreat. Listed after RETREAT so that a PlaceStep's phase order above stays contiguous.
+    OPERATE = "operate"
     DONE = "done"
 
 
@@ -58,7 +61,9 @@ PHASE_BUDGET = {
     Phase.LOWER: 40,
     Phase.RELEASE: 6,
     Phase.RETREAT: 12,
+    Phase.OPERATE: 90,
 }
+UNPERTURBED_PHASES = (Phase.GRASP, Phase.RELEASE, Phase.DESCEND, Phase.LOWER, Phase.OPERATE)
 
 
 @dataclass
@@ -67,8 +72,9 @@ class ExpertStep:
 
     action: np.ndarray
     phase: Phase
-    step_index: int  # which PlaceStep of the task
-    subtask_index: int  # index into task.plan(): 2k = pick, 2k+1 = place
+    step_index: int  # which step of the task
+    # index into the plan: 2k = pick (or reach a fixture), 2k+1 = place (or operate it)
+    subtask_index: int
 
 
 class ExpertWorld(Protocol):
@@ -217,6 +223,8 @@ class ScriptedExpert:
         self.regrasps = 0
         self.reference_rotation = transform_utils.quat2mat(self.world.eef_quaternion())
         self.target_rotation = self.reference_rotation
+        self.engaged_rotation = self.reference_rotation  # the hand's as a JointStep engaged
+        self._retreat_to = np.zeros(3)
         self.hover = self.rng.uniform(0.08, 0.12)
         self.carry_jitter = self.rng.uniform(0.0, 0.04)
         self._start_phase(Phase.APPROACH)
@@ -237,12 +245,7 @@ class ScriptedExpert:
         action[:3] = np.clip(error / POSITION_SCALE * 2.0, -speed, speed)
         action[3:6] = np.clip(self._rotation_error() / ROTATION_SCALE, -0.5, 0.5)
         action[6] = gripper
-        if self.action_noise and self.phase not in (
-            Phase.GRASP,
-            Phase.RELEASE,
-            Phase.DESCEND,
-            Phase.LOWER,
-        ):
+        if self.action_noise and self.phase not in UNPERTURBED_PHASES:
             action[:3] += self.rng.normal(0, self.action_noise, 3)
         action = np.clip(action, -1.0, 1.0)
         record = self._record(action)
@@ -257,8 +260,10 @@ class ScriptedExpert:
         subtask = 2 * index + (0 if pick and self.phase is not Phase.DONE else 1)
         return ExpertStep(action.astype(np.float32), self.phase, index, subtask)
 
-    def _phase_target(self, step: PlaceStep) -> tuple[np.ndarray, float, float, float]:
+    def _phase_target(self, step: PlaceStep | JointStep) -> tuple[np.ndarray, float, float, float]:
         """(target eef position, gripper command, convergence tolerance, max action) of the phase."""
+        if isinstance(step, JointStep):
+            return self._operation_target(step)
         world = self.world
         eef = world.eef_position()
         if self.phase is Phase.APPROACH:
@@ -279,21 +284,50 @@ class ScriptedExpert:
             return eef, -1.0, np.inf, 0.0
         return np.array([eef[0], eef[1], release[2] + 0.10]), -1.0, 0.02, 0.7  # RETREAT
 
+    def _operation_target(self, step: JointStep) -> tuple[np.ndarray, float, float, float]:
+        """The phases of a JointStep: a push keeps the fingers closed throughout; a turn opens
+        them to the fin, closes them on it, turns, and lets go."""
+        world: Any = self.world  # LiberoWorld: the only world whose tasks have joints
+        eef = world.eef_position()
+        fist = -1.0 if world.operation_grips(step) else 1.0
+        if self.phase is Phase.APPROACH:
+            return world.operation_approach(step, self.hover), fist, 0.012, 0.7
+        if self.phase is Phase.DESCEND:
+            return world.operation_start(step), fist, 0.006, 0.5
+        if self.phase is Phase.GRASP:
+            return eef, 1.0, np.inf, 0.0
+        if self.phase is Phase.OPERATE:
+            target, turned = world.operation_target(step)
+            self.target_rotation = world.operation_rotation(step, self.engaged_rotation, turned)
+            return target, 1.0, -1.0, 1.0  # never converges: ends when the predicate holds
+        if self.phase is Phase.RELEASE:
+            return eef, -1.0, np.inf, 0.0
+        return self._retreat_to, -1.0, 0.02, 0.7  # RETREAT: straight up from where it let go
+
     def _rotation_error(self) -> np.ndarray:
         current = transform_utils.quat2mat(self.world.eef_quaternion())
         error = self.target_rotation @ current.T
         return transform_utils.quat2axisangle(transform_utils.mat2quat(error))
 
     # ------------------------------------------------------------------ phase logic
-    def _phase_finished(self, step: PlaceStep, converged: bool) -> bool:
+    def _phase_finished(self, step: PlaceStep | JointStep, converged: bool) -> bool:
+        if self.phase is Phase.OPERATE:
+            return self.world.operated(step) or self.phase_steps >= PHASE_BUDGET[self.phase]
         if self.phase is Phase.GRASP:
             return self.phase_steps >= self.world.grasp_steps
         if self.phase is Phase.RELEASE:
             return self.phase_steps >= PHASE_BUDGET[self.phase]
         return converged or self.phase_steps >= PHASE_BUDGET[self.phase]
 
-    def _advance(self, step: PlaceStep) -> None:
+    def _advance(self, step: PlaceStep | JointStep) -> None:
         order = list(Phase)
+        if isinstance(step, JointStep) and self.phase in (
+            Phase.DESCEND,
+            Phase.GRASP,
+            Phase.OPERATE,
+        ):
+            self._advance_operation(step)
+            return
         if self.phase is Phase.LIFT and not self.world.holding(step):
             if self.regrasps < MAX_REGRASPS:
                 self.regrasps += 1
@@ -309,12 +343,34 @@ class ScriptedExpert:
             return
         self._start_phase(order[order.index(self.phase) + 1])
 
+    def _advance_operation(self, step: JointStep) -> None:
+        """DESCEND → GRASP (a turn) or OPERATE (a push) → RELEASE, or back to APPROACH for
+        another attempt when the predicate does not hold after OPERATE's budget."""
+        world: Any = self.world
+        if self.phase is Phase.DESCEND and world.operation_grips(step):
+            self._start_phase(Phase.GRASP)
+        elif self.phase in (Phase.DESCEND, Phase.GRASP):
+            world.engage(step)
+            self.engaged_rotation = self.target_rotation
+            self._start_phase(Phase.OPERATE)
+        elif world.operated(step) or self.regrasps >= MAX_REGRASPS:
+            self._start_phase(Phase.RELEASE)
+        else:
+            self.regrasps += 1
+            self._start_phase(Phase.APPROACH)
+
     def _start_phase(self, phase: Phase) -> None:
         self.phase = phase
         self.phase_steps = 0
+        if phase is Phase.RETREAT:
+            self._retreat_to = self.world.eef_position() + [0, 0, 0.10]
         if phase is Phase.APPROACH:
-            obj = self.world.steps[self.step_index].obj
-            self.target_rotation = self.world.grasp_rotation(obj, self.reference_rotation)
+            step = self.world.steps[self.step_index]
+            if isinstance(step, JointStep):
+                world: Any = self.world
+                self.target_rotation = world.plan_operation(step, self.reference_rotation)
+            else:
+                self.target_rotation = self.world.grasp_rotation(step.obj, self.reference_rotation)
 
 
 def rollout(

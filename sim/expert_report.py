@@ -112,7 +112,7 @@ def markdown_table(results: list[TaskResult], seconds: float, workers: int) -> s
     if len(attempted) < len(results):
         lines.append(
             f"{len(results) - len(attempted)} tasks have goals the scripted expert has no "
-            "primitive for yet (open, close, turn on, push, ...)."
+            "primitive for yet (the last column names the predicate)."
         )
     lines.append("")
     return "\n".join(lines)

@@ -13,6 +13,8 @@ MuJoCo's per-geom bounding boxes (`geom_aabb`, posed by the geom's current frame
 - **where to grasp**: an object narrower than the open gripper is grasped at its centre, a few
   centimetres below its top (the fingers are ~4 cm long); a wider one (a bowl) by its rim, the
   fingers across the wall, the hand leaning away from the robot when the rim is far from its base;
+  one that is wide only by a handle or a spout (a moka pot) by its body (`grasp_extent`), the
+  fingers closing clear of the handle;
 - **which way to turn**: each attempt ranks the headings the object allows (across its shorter
   side and up to 45° off it for a box, 30° for a square or round footprint; every 30° round a
   bowl's rim) by how far the hand, then the fingers, stay from every other collision box (a
@@ -23,23 +25,27 @@ MuJoCo's per-geom bounding boxes (`geom_aabb`, posed by the geom's current frame
   BDDL region's site, e.g. a basket's contain region) and its bottom just above the target's top,
   both read from the object as it hangs in the fingers.
 
-Goals: each `(In obj region)` or `(On obj target)` of the BDDL goal is one `PlaceStep`, in order.
-Other predicates (open, close, turn on) have no primitive yet; such a task fails with an error that
-names the predicate.
+Goals (`goal_steps`): each `(In obj region)` or `(On obj target)` of the BDDL goal is one
+`PlaceStep`; each `(Close x)` or `(TurnOn x)` one `JointStep` (sim/libero_articulation.py), unless
+it holds already (a stove left on). Steps run in goal order, except that turning on comes first
+and closing last: "put the bowl in the bottom drawer and close it" lists the close first, yet the
+bowl must go in while the drawer is open. Opening has no primitive yet, nor does placing into a
+drawer that starts closed; such a task fails with an error that names the predicate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mujoco
 import numpy as np
 
 from sim.expert import turned_about_vertical
+from sim.libero_articulation import CHANGES, Articulation, Operation, rotation_about
 from sim.libero_env import LiberoEnv
-from sim.tasks import PlaceStep
+from sim.tasks import JointStep, PlaceStep
 
 GRIPPER_OPENING = 0.075  # m: widest object the Panda's open fingers straddle with some margin
 FINGER_DEPTH = 0.03  # m: how far below an object's top the grip site closes
@@ -53,7 +59,9 @@ LIFT_CLEARANCE = 0.05  # m: the held object's bottom above every other object's 
 # lower than its resting bottom would suggest
 MIN_LIFT = 0.08
 RELEASE_CLEARANCE = 0.015  # m: the held object's bottom above the target's top when let go
+DRAWER_FRONT_SHIFT = 0.04  # m: objects go into an open drawer this far out from its centre
 PATH_MARGIN = 0.08  # m: objects this close to the hand's straight path count as obstacles
+CORE_HEIGHT = 0.6  # of an object's height: its geoms this tall are its body (`grasp_extent`)
 SQUARE_ASPECT = 1.25  # footprints closer to square than this are turned modulo 90°
 
 
@@ -104,7 +112,8 @@ class LiberoWorld:
         self.task_env: Any = env.libero_env.env  # the robosuite task env (BDDLBaseDomain)
         self._model = self.task_env.sim.model._model
         self._data = self.task_env.sim.data._data
-        self._steps = tuple(place_steps(self.task_env.parsed_problem["goal_state"], self.task_env))
+        self.articulation = Articulation(self.task_env)
+        self._steps = tuple(goal_steps(self.task_env.parsed_problem["goal_state"], self.task_env))
         self._geoms = {name: self._collision_geoms(name) for name in self.task_env.objects_dict}
         robot_bodies = {
             body
@@ -122,9 +131,10 @@ class LiberoWorld:
         self._plans: dict[str, GraspPlan] = {}  # the grasp of each object's current attempt
         self._grip_offset: dict[str, float] = {}  # grip-site height above the object's bottom
         self._rest_bottom: dict[str, float] = {}  # the object's bottom before it was picked
+        self._operations: dict[JointStep, Operation] = {}  # each JointStep's current attempt
 
     @property
-    def steps(self) -> Sequence[PlaceStep]:
+    def steps(self) -> Sequence[PlaceStep | JointStep]:
         return self._steps
 
     # ------------------------------------------------------------------ the robot
@@ -148,7 +158,7 @@ class LiberoWorld:
 
     def grasp_position(self, obj: str) -> np.ndarray:
         plan = self._plans.get(obj) or self._plan_grasp(obj)
-        extent = self.extent(obj)
+        extent = self.grasp_extent(obj)
         point = extent.centre.copy()
         point[:2] += plan.offset
         point[2] = max(
@@ -164,7 +174,7 @@ class LiberoWorld:
         """Called as each grasp attempt starts: plans it afresh (the object may have moved)."""
         plan = self._plan_grasp(obj)
         turned = turned_about_vertical(reference, plan.heading, np.pi)  # the hand is symmetric
-        extent = self.extent(obj)
+        extent = self.grasp_extent(obj)
         point = extent.centre[:2] + plan.offset
         towards = self._towards_robot(point)
         reach = float(np.linalg.norm(self._base_xy() - point))
@@ -173,11 +183,11 @@ class LiberoWorld:
             return turned
         # A rim far from the base: the fingertips lean away from the robot, as an arm reaching
         # far does, so the elbow is not pushed to its limit; the fingers still meet the wall.
-        return _rotation_about(np.array([towards[1], -towards[0], 0.0]), -tilt) @ turned
+        return rotation_about(np.array([towards[1], -towards[0], 0.0]), -tilt) @ turned
 
     def _plan_grasp(self, obj: str) -> GraspPlan:
         """The clearest of the grasps `obj` allows (module docstring); cached for the attempt."""
-        extent = self.extent(obj)
+        extent = self.grasp_extent(obj)
         size_x, size_y = extent.local_size
         candidates: list[tuple[GraspPlan, float]] = []  # (plan, preference: lower is better)
         if min(size_x, size_y) > GRIPPER_OPENING:  # by the rim: fingers across the wall
@@ -188,6 +198,8 @@ class LiberoWorld:
                 offset = radius * np.array([np.cos(angle), np.sin(angle)])
                 candidates.append((GraspPlan(angle, offset, RIM_GRIP_DEPTH), _turn(angle, facing)))
         else:  # across the shorter side, or up to a few tens of degrees off it
+            # the whole object's side: a moka pot's fingers close clear of its handle and spout
+            size_x, size_y = self.extent(obj).local_size
             across = extent.yaw if size_x <= size_y else extent.yaw + np.pi / 2
             square = max(size_x, size_y) / max(min(size_x, size_y), 1e-6) < SQUARE_ASPECT
             for degrees in (0, 15, -15, 30, -30) + (() if square else (45, -45)):
@@ -212,7 +224,13 @@ class LiberoWorld:
         """World boxes of every colliding geom but the robot's and `obj`'s: centres (M, 3),
         half sizes (M, 3), as `extent` poses them."""
         own = set(self._geoms[obj])
-        geoms = np.array([g for g in self._scene_geoms if g not in own], dtype=int)
+        return self._posed_boxes(
+            np.array([g for g in self._scene_geoms if g not in own], dtype=int)
+        )
+
+    def _posed_boxes(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World boxes of `geoms` (M,) as `extent` poses them: centres (M, 3), half sizes
+        (M, 3), and the geoms."""
         rotation = self._data.geom_xmat[geoms].reshape(-1, 3, 3)
         centre = self._data.geom_xpos[geoms] + np.einsum(
             "mij,mj->mi", rotation, self._model.geom_aabb[geoms, :3]
@@ -271,6 +289,54 @@ class LiberoWorld:
         lifted = rest is not None and self.extent(step.obj).low[2] > rest + 0.02
         return lifted and self._touching(step.obj)
 
+    # ------------------------------------------------------------------ operating a joint
+    def plan_operation(self, step: JointStep, reference: np.ndarray) -> np.ndarray:
+        """Called as each attempt at `step` starts: plans it afresh (sim/libero_articulation.py)
+        and returns the hand's orientation (3, 3) for it: `reference` turned so the fingers
+        lie along the face to push, or across the fin to grip."""
+        operation = self.articulation.plan(step)
+        self._operations[step] = operation
+        turned = turned_about_vertical(reference, operation.heading, np.pi)
+        angle = float(np.linalg.norm(operation.lean))
+        return turned if angle == 0 else rotation_about(operation.lean, angle) @ turned
+
+    def operation_grips(self, step: JointStep) -> bool:
+        return self._operations[step].grips
+
+    def operation_approach(self, step: JointStep, hover: float) -> np.ndarray:
+        """Above the waiting pose, and above the fixture and the objects on the way there."""
+        start = self.operation_start(step)
+        path = (self.eef_position()[:2], start[:2])
+        above = max(
+            self.articulation.top_of(step) + LIFT_CLEARANCE,
+            self._tallest_top_along(path, "") + LIFT_CLEARANCE + FINGER_DEPTH,
+        )
+        return np.array([start[0], start[1], max(start[2] + hover, above)])
+
+    def operation_start(self, step: JointStep) -> np.ndarray:
+        """The waiting pose: beside the face to push (or on the fin to grip)."""
+        operation = self._operations[step]
+        return self.articulation.attach_point(operation) + operation.standoff
+
+    def operation_target(self, step: JointStep) -> tuple[np.ndarray, float]:
+        """This step's grip-site target and the turn (rad) about the joint's axis since the
+        fingers engaged (`Articulation.lead_target`)."""
+        return self.articulation.lead_target(self._operations[step])
+
+    def operation_rotation(self, step: JointStep, engaged: np.ndarray, turned: float) -> np.ndarray:
+        """The hand's orientation `engaged` (3, 3) turned by `turned` about the joint's axis."""
+        axis = self.articulation.turn_axis(self._operations[step])
+        return rotation_about(axis, turned) @ engaged
+
+    def engage(self, step: JointStep) -> None:
+        """The fingers are on the body: a turn counts from the joint's value now."""
+        operation = self._operations[step]
+        value = self.articulation.value(operation.joint)
+        self._operations[step] = replace(operation, start_value=value)
+
+    def operated(self, step: JointStep) -> bool:
+        return self.articulation.holds(step)
+
     # ------------------------------------------------------------------ geometry
     def extent(self, name: str) -> Extent:
         """`name`'s box from its collision geoms' posed bounding boxes (module docstring).
@@ -285,8 +351,28 @@ class LiberoWorld:
             self._extents[name] = self._measure(name)
         return self._extents[name]
 
-    def _measure(self, name: str) -> Extent:
+    def grasp_extent(self, name: str) -> Extent:
+        """The box to grasp `name` by: its whole box, unless that is too wide for the fingers
+        while its body is not. A moka pot's handle and spout make its footprint 8 x 15 cm, its
+        body is 6 cm across: the body is the geoms that stand at least CORE_HEIGHT of the
+        object's height, and a handle or spout is shorter."""
+        whole = self.extent(name)
+        if min(whole.local_size) <= GRIPPER_OPENING:
+            return whole
+        height = whole.high[2] - whole.low[2]
         geoms = self._geoms[name] if name in self._geoms else self._collision_geoms(name)
+        _, halves, _ = self._posed_boxes(np.array(geoms, dtype=int))
+        core = [
+            g for g, half in zip(geoms, halves, strict=True) if 2 * half[2] >= CORE_HEIGHT * height
+        ]
+        if not core or len(core) == len(geoms):
+            return whole
+        body = self._measure(name, core)
+        return body if min(body.local_size) <= GRIPPER_OPENING else whole
+
+    def _measure(self, name: str, geoms: Sequence[int] | None = None) -> Extent:
+        if geoms is None:
+            geoms = self._geoms[name] if name in self._geoms else self._collision_geoms(name)
         body = self.task_env.obj_body_id[name]
         body_rotation = self._data.xmat[body].reshape(3, 3)
         body_position = self._data.xpos[body]
@@ -356,7 +442,13 @@ class LiberoWorld:
     def _target_xy(self, step: PlaceStep) -> np.ndarray:
         if step.target in self.task_env.obj_body_id:
             return self.extent(step.target).centre[:2]
-        return np.array(self._data.site(step.target).xpos[:2])
+        site = np.array(self._data.site(step.target).xpos[:2])
+        opening = self.articulation.opening_direction(step.target)
+        if opening is None:
+            return site
+        # An open drawer's region runs back under the cabinet; what is dropped over its centre
+        # catches on the drawer above. Let go over the part that is out.
+        return site + DRAWER_FRONT_SHIFT * opening[:2]
 
     def _target_top(self, step: PlaceStep) -> float:
         owner = self._target_object(step)
@@ -369,19 +461,55 @@ class LiberoWorld:
         return bool(self.task_env.check_contact(gripper, self.task_env.objects_dict[obj]))
 
 
-def place_steps(goal: Sequence[Sequence[str]], task_env: Any) -> list[PlaceStep]:
-    """The BDDL goal's conjuncts as pick-and-place steps; anything else is UnsupportedGoalError."""
-    steps = []
+def goal_steps(goal: Sequence[Sequence[str]], task_env: Any) -> list[PlaceStep | JointStep]:
+    """The BDDL goal's conjuncts as steps, in the order the expert takes them (module
+    docstring); a predicate without a primitive is UnsupportedGoalError."""
+    articulation = Articulation(task_env)
+    first: list[JointStep] = []
+    places: list[PlaceStep] = []
+    last: list[JointStep] = []
     for predicate in goal:
         name, *arguments = (str(part).lower() for part in predicate)
         if name in ("in", "on") and len(arguments) == 2 and arguments[0] in task_env.objects_dict:
-            steps.append(PlaceStep(obj=arguments[0], target=arguments[1], relation=name))
+            if _starts_closed(arguments[1], task_env):
+                raise UnsupportedGoalError(
+                    f"goal predicate {tuple(predicate)} of {_problem(task_env)!r}: "
+                    f"{arguments[1]!r} starts closed, and the scripted LIBERO expert has no "
+                    "primitive to open it"
+                )
+            places.append(PlaceStep(obj=arguments[0], target=arguments[1], relation=name))
+            continue
+        if name in CHANGES and len(arguments) == 1:
+            step = JointStep(target=arguments[0], change=name)
+            try:
+                articulation.joint_of(step)
+            except (ValueError, KeyError) as error:
+                raise UnsupportedGoalError(
+                    f"goal predicate {tuple(predicate)} of {_problem(task_env)!r}: {error}"
+                ) from error
+            if not articulation.holds(step):
+                (last if name == "close" else first).append(step)
             continue
         raise UnsupportedGoalError(
-            f"goal predicate {tuple(predicate)} of {task_env.parsed_problem['problem_name']!r}: "
-            "the scripted LIBERO expert has primitives for (In obj region) and (On obj target) only"
+            f"goal predicate {tuple(predicate)} of {_problem(task_env)!r}: the scripted LIBERO "
+            f"expert has primitives for (In obj region), (On obj target), "
+            f"{', '.join(f'({change.capitalize()} x)' for change in CHANGES)} only"
         )
-    return steps
+    return [*first, *places, *last]
+
+
+def _starts_closed(target: str, task_env: Any) -> bool:
+    """Whether a place target is a region inside a drawer (or door) that is not open now.
+    Not LIBERO's `is_close`: a wooden cabinet's drawer at its joint's zero, shut, is neither
+    open nor "closed" by LIBERO's strict thresholds."""
+    site = task_env.object_sites_dict.get(target)
+    if not getattr(site, "joints", None):
+        return False
+    return not task_env.object_states_dict[target].is_open()
+
+
+def _problem(task_env: Any) -> str:
+    return str(task_env.parsed_problem["problem_name"])
 
 
 def subtree_bodies(model: mujoco.MjModel, root: int) -> set[int]:
@@ -404,10 +532,3 @@ def _distance_to_segment(point: np.ndarray, start: np.ndarray, end: np.ndarray) 
 def _turn(angle: float, reference: float) -> float:
     """|angle - reference| wrapped to [0, pi]."""
     return abs((angle - reference + np.pi) % (2 * np.pi) - np.pi)
-
-
-def _rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
-    """The rotation (3, 3) by `angle` radians about `axis` (Rodrigues)."""
-    x, y, z = axis / np.linalg.norm(axis)
-    cross = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
-    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross

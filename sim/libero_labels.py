@@ -1,7 +1,9 @@
 """Reasoning labels on real LIBERO, computed as on our suites (`sim.labels`) from privileged state.
 
-- **plan**: the BDDL goal's place steps (`sim.libero_expert.place_steps`) as "pick up the X" /
-  "place it on the Y", the words our suites use; the instruction itself stays the task.
+- **plan**: the BDDL goal's steps in the expert's order (`sim.libero_expert.goal_steps`): a place
+  step as "pick up the X" / "place it on the Y", the words our suites use; a joint step as
+  "reach the bottom drawer of the white cabinet" / "push it closed", or "grasp the knob of the
+  flat stove" / "turn it on". The instruction itself stays the task.
 - **names**: a LIBERO object's name without its instance number ("akita_black_bowl_1" ->
   "akita black bowl"), keeping the number only where the scene holds two of a kind ("akita black
   bowl 1"), so that a name picks one box. A goal region names its owner and the region's part
@@ -29,7 +31,8 @@ from data.reasoning import ObjectBox
 from sim.camera import project
 from sim.labels import clipped_box
 from sim.libero_env import LiberoEnv
-from sim.libero_expert import place_steps, subtree_bodies
+from sim.libero_expert import goal_steps, subtree_bodies
+from sim.tasks import JointStep
 
 CAMERA = "agentview"
 LIBERO_Y_WORDS = ("left", "right")  # how +y and -y read in LIBERO's stored agentview image
@@ -53,13 +56,16 @@ class LiberoLabels:
         self.task_env: Any = env.libero_env.env
         self._model = self.task_env.sim.model._model
         self._data = self.task_env.sim.data._data
-        steps = place_steps(self.task_env.parsed_problem["goal_state"], self.task_env)
+        steps = goal_steps(self.task_env.parsed_problem["goal_state"], self.task_env)
         movable = list(self.task_env.objects_dict)
         owners = [self._owner(step.target) for step in steps]
         self.labelled = movable + [o for o in dict.fromkeys(owners) if o and o not in movable]
         self.names = object_display_names(self.labelled)
         plan: list[str] = []
         for step in steps:
+            if isinstance(step, JointStep):
+                plan.extend(self._joint_subtasks(step))
+                continue
             plan.append(f"pick up the {self.names[step.obj]}")
             plan.append(f"place it {step.relation} the {self.target_name(step.target)}")
         self.plan = tuple(plan)
@@ -124,6 +130,17 @@ class LiberoLabels:
         parent = getattr(site, "parent_name", None)
         return parent if parent in self.task_env.obj_body_id else None
 
+    def _joint_subtasks(self, step: JointStep) -> tuple[str, str]:
+        """The two subtasks of a joint step: reaching the part, then moving it."""
+        if step.change == "turnon":
+            return (f"grasp the knob of the {self.target_name(step.target)}", "turn it on")
+        owner = self._owner(step.target)
+        part = self.target_name(step.target)
+        if owner is not None and owner != step.target:  # a cabinet's region: its drawer
+            region = re.sub(r"_region$", "", step.target[len(owner) :].strip("_"))
+            part = f"{_drawer_words(_words(region))} of the {self.names[owner]}"
+        return (f"reach the {part}", "push it closed")
+
     def target_name(self, target: str) -> str:
         """'plate', 'basket' (its contain region), 'top of the wooden cabinet', ..."""
         owner = self._owner(target)
@@ -136,6 +153,10 @@ class LiberoLabels:
         if part in PLAIN_PARTS or not part:
             return self.names[owner]
         return f"{_words(part)} of the {self.names[owner]}"
+
+
+def _drawer_words(part: str) -> str:
+    return f"{part} drawer" if part in ("top", "middle", "bottom") else part
 
 
 def object_display_names(names: list[str]) -> dict[str, str]:

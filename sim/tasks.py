@@ -30,6 +30,16 @@ class PlaceStep:
 
 
 @dataclass(frozen=True)
+class JointStep:
+    """Move a fixture's joint until LIBERO's predicate `change` holds for `target`: "close" a
+    drawer or a microwave door, "turnon" a stove's knob. `target` is the fixture or the region
+    that names one of its joints ("white_cabinet_1_bottom_region": the bottom drawer)."""
+
+    target: str
+    change: str
+
+
+@dataclass(frozen=True)
 class LayoutConstraint:
     """Scene-sampling constraint: `subject` lies `relation` ("left_of"/"right_of") of `landmark`
     as a person sees it in the agentview image (which faces the robot: image-left is -y)."""

@@ -78,3 +78,73 @@ def test_a_goal_without_a_primitive_is_refused_by_name_and_reported_as_such() ->
     table = markdown_table([result, solved], seconds=60.0, workers=1)
     assert f"| libero_goal | {task} | libero_goal | no primitive |" in table
     assert "Overall: 2/2 (100.0%) over 1 tasks" in table
+
+
+def test_joint_goals_run_in_the_order_they_can_be_done_and_are_skipped_when_they_hold() -> None:
+    """The bottom-drawer task lists "close" first, but the bowl must go in while it is open; a
+    stove that starts on is not turned again; a place into a drawer that starts closed needs an
+    open primitive, which does not exist, and says so."""
+    from sim.libero_labels import LiberoLabels
+    from sim.tasks import JointStep
+
+    cases = {
+        ("libero_10", 3): (
+            (
+                PlaceStep("akita_black_bowl_1", "white_cabinet_1_bottom_region", "in"),
+                JointStep("white_cabinet_1_bottom_region", "close"),
+            ),
+            "reach the bottom drawer of the white cabinet",
+        ),
+        ("libero_10", 8): (
+            (
+                PlaceStep("moka_pot_1", "flat_stove_1_cook_region", "on"),
+                PlaceStep("moka_pot_2", "flat_stove_1_cook_region", "on"),
+            ),
+            "pick up the moka pot 2",
+        ),
+        ("libero_goal", 7): (
+            (JointStep("flat_stove_1", "turnon"),),
+            "grasp the knob of the flat stove",
+        ),
+    }
+    for (suite, task), (steps, subtask) in cases.items():
+        env = sim.make(suite, task, render_images=False)
+        try:
+            env.reset(options={"init_state": 0})
+            assert tuple(world_of(env).steps) == steps, (suite, task)
+            assert subtask in LiberoLabels(env).plan
+        finally:
+            env.close()
+    env = sim.make(
+        "libero_goal", "open the top drawer and put the bowl inside", render_images=False
+    )
+    try:
+        env.reset(options={"init_state": 0})
+        with pytest.raises(UnsupportedGoalError, match="starts closed.*no primitive to open it"):
+            LiberoWorld(env)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(
+    ("suite", "task", "init_states"),
+    [
+        ("libero_goal", "turn on the stove", (0, 1)),  # grip the knob's fin and turn it
+        # push the drawer shut, leaning in, after putting the bowl in it
+        ("libero_10", "put the black bowl in the bottom drawer of the cabinet and close it", (0,)),
+    ],
+)
+def test_expert_operates_fixtures(suite, task, init_states) -> None:
+    env = sim.make(suite, task, render_images=False)
+    try:
+        for init_state in init_states:
+            env.reset(options={"init_state": init_state})
+            world = world_of(env)
+            joint_steps = [step for step in world.steps if not isinstance(step, PlaceStep)]
+            assert joint_steps and not any(world.operated(step) for step in joint_steps)
+            assert rollout(env, expert_seed=init_state, init_state=init_state), (
+                f"{suite} {task!r}: the expert failed from init state {init_state}"
+            )
+            assert all(world.operated(step) for step in joint_steps)  # read from the sim now
+    finally:
+        env.close()
