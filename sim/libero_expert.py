@@ -23,7 +23,8 @@ MuJoCo's per-geom bounding boxes (`geom_aabb`, posed by the geom's current frame
 - **how high to carry and where to let go**: the held object's bottom clears every other movable
   object and the target's top; it is let go with its centre over the target's centre (or over the
   BDDL region's site, e.g. a basket's contain region) and its bottom just above the target's top,
-  both read from the object as it hangs in the fingers.
+  both read from the object as it hangs in the fingers. Objects that share an "on" region go
+  side by side in it; one put into an open drawer goes over the part that is out of the cabinet.
 
 Goals (`goal_steps`): each `(In obj region)` or `(On obj target)` of the BDDL goal is one
 `PlaceStep`; each `(Close x)` or `(TurnOn x)` one `JointStep` (sim/libero_articulation.py), unless
@@ -59,6 +60,7 @@ LIFT_CLEARANCE = 0.05  # m: the held object's bottom above every other object's 
 # lower than its resting bottom would suggest
 MIN_LIFT = 0.08
 RELEASE_CLEARANCE = 0.015  # m: the held object's bottom above the target's top when let go
+SHARED_REGION_SPREAD = 0.6  # of a region's half size: how far apart objects sharing it go
 DRAWER_FRONT_SHIFT = 0.04  # m: objects go into an open drawer this far out from its centre
 PATH_MARGIN = 0.08  # m: objects this close to the hand's straight path count as obstacles
 CORE_HEIGHT = 0.6  # of an object's height: its geoms this tall are its body (`grasp_extent`)
@@ -443,6 +445,21 @@ class LiberoWorld:
         if step.target in self.task_env.obj_body_id:
             return self.extent(step.target).centre[:2]
         site = np.array(self._data.site(step.target).xpos[:2])
+        sharing = [
+            other
+            for other in self._steps
+            if isinstance(other, PlaceStep)
+            and other.target == step.target
+            and other.relation == "on"
+        ]
+        if step.relation == "on" and len(sharing) > 1:
+            # Two moka pots on one stove: over the region's centre the second lands on the
+            # first. Each gets its own spot on the line away from the robot, the first farthest,
+            # so the next is not carried over it; LIBERO counts an object's origin anywhere in
+            # the region's box as on it.
+            spread = SHARED_REGION_SPREAD * float(self._model.site(step.target).size[:2].min())
+            slot = np.linspace(spread, -spread, len(sharing))[sharing.index(step)]
+            return site - slot * self._towards_robot(site)
         opening = self.articulation.opening_direction(step.target)
         if opening is None:
             return site
