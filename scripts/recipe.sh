@@ -12,7 +12,9 @@
 # flags: --episodes N (demonstrations per task), --eval-episodes N (init states per task),
 # --think-episodes N (0: no think run), --train-scenes N (also roll out on N training scenes per
 # task: fit vs generalize), --no-expert-ceiling, --out DIR, --resume (training), --tasks "0 1"
-# (task indices or names, for generation and evaluation; default: the preset's).
+# (task indices or names, for generation and evaluation; default: the preset's),
+# --render-quality fast (LIBERO: generate with cheaper frames; evaluation always draws the
+# protocol's).
 #
 # Every stage is resumable or cheap to repeat: generation resumes an interrupted dataset and
 # skips a complete one, training resumes from its last checkpoint with --resume. Stage wall times
@@ -25,6 +27,7 @@ train_scenes=0
 eval_episodes=50  # our suites have 50 fixed init states per task
 episodes=30       # demonstrations per task
 tasks=()          # empty: every task of the suite
+render_quality=protocol
 case "${1:-}" in
     quickstart)
         suite=quickstart config=configs/quickstart.yaml out=outputs/quickstart
@@ -59,6 +62,7 @@ while (($#)); do
         --tasks) read -ra tasks <<<"$2"; shift 2 ;;
         --resume) resume=(--resume); shift ;;
         --no-expert-ceiling) ceiling=(); shift ;;
+        --render-quality) render_quality=$2; shift 2 ;;
         *) echo "recipe.sh: unknown argument '$1' (see the usage at the top of $0)" >&2; exit 2 ;;
     esac
 done
@@ -82,7 +86,7 @@ stage() {  # stage NAME COMMAND...: run it and record its wall time
 task_args=()
 ((${#tasks[@]})) && task_args=(--tasks "${tasks[@]}")
 stage generate .venv/bin/vla-data generate --suite "$suite" --episodes-per-task "$episodes" \
-    "${task_args[@]}" --out "$out/dataset"
+    "${task_args[@]}" --render-quality "$render_quality" --out "$out/dataset"
 stage render .venv/bin/vla-data render-episode "$out/dataset" --episode 0 --out "$out/episode0.mp4"
 stage train "$python" train.py --config "$config" "${resume[@]}" name="$run_name" data.path="$out/dataset"
 checkpoint="outputs/runs/$run_name/export"
