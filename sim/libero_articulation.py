@@ -74,6 +74,7 @@ class Articulation:
         self.task_env = task_env
         self._model = task_env.sim.model._model
         self._data = task_env.sim.data._data
+        self._body_geoms: dict[int, list[int]] = {}  # `_geoms`' cache: model constants
 
     # ------------------------------------------------------------------ the goal
     def joint_of(self, step: JointStep) -> int:
@@ -210,7 +211,7 @@ class Articulation:
         if self._model.jnt_type[joint] == mujoco.mjtJoint.mjJNT_SLIDE:
             step = float(np.clip(operation.goal - now, -SLIDE_LEAD, SLIDE_LEAD))
             return point + step * axis, 0.0
-        radius = float(np.linalg.norm(np.cross(axis, point - anchor)))
+        radius = float(_radius(point[None], axis, anchor)[0])
         lead = min(MAX_HINGE_LEAD, SLIDE_LEAD / max(radius, 1e-3))
         step = float(np.clip(operation.goal - now, -lead, lead))
         moved = anchor + rotation_about(axis, step) @ (point - anchor)
@@ -225,21 +226,24 @@ class Articulation:
         body = self._fixture_body(step.target)
         from sim.libero_expert import subtree_bodies
 
-        tops = [
-            float((self._boxes(child)[0][:, 2] + self._boxes(child)[1][:, 2]).max())
-            for child in subtree_bodies(self._model, body)
-            if len(self._geoms(child))
-        ]
+        tops = []
+        for child in subtree_bodies(self._model, body):
+            if self._geoms(child):
+                centres, halves = self._boxes(child)
+                tops.append(float((centres[:, 2] + halves[:, 2]).max()))
         return max(tops)
 
     # ------------------------------------------------------------------ geometry
     def _geoms(self, body: int) -> list[int]:
-        return [
-            geom
-            for geom in range(self._model.ngeom)
-            if self._model.geom_bodyid[geom] == body
-            and (self._model.geom_contype[geom] or self._model.geom_conaffinity[geom])
-        ]
+        """The body's colliding geoms (cached: the approach asks every step)."""
+        if body not in self._body_geoms:
+            self._body_geoms[body] = [
+                geom
+                for geom in range(self._model.ngeom)
+                if self._model.geom_bodyid[geom] == body
+                and (self._model.geom_contype[geom] or self._model.geom_conaffinity[geom])
+            ]
+        return self._body_geoms[body]
 
     def _boxes(self, body: int) -> tuple[np.ndarray, np.ndarray]:
         """World centres (G, 3) and half sizes (G, 3) of the body's colliding geoms, posed."""
@@ -247,12 +251,7 @@ class Articulation:
         if not len(geoms):
             name = self._model.body(body).name
             raise RuntimeError(f"LIBERO body {name!r} has no collision geoms to push or grip")
-        rotation = self._data.geom_xmat[geoms].reshape(-1, 3, 3)
-        centre = self._data.geom_xpos[geoms] + np.einsum(
-            "gij,gj->gi", rotation, self._model.geom_aabb[geoms, :3]
-        )
-        half = np.einsum("gij,gj->gi", np.abs(rotation), self._model.geom_aabb[geoms, 3:])
-        return centre, half
+        return posed_geom_boxes(self._model, self._data, geoms)
 
     def _thin_side_heading(self, geom: int) -> float:
         """Heading across the geom's thinner horizontal side: the fingers close across it."""
@@ -270,21 +269,33 @@ class Articulation:
         rotation = self._data.xmat[body].reshape(3, 3)
         return rotation.T @ (point - self._data.xpos[body])
 
-    def _fixture(self, target: str) -> Any:
+    def _owner(self, target: str) -> str:
+        """The fixture a target is, or whose region it is."""
         site = self.task_env.object_sites_dict.get(target)
-        owner = getattr(site, "parent_name", None) or target
-        return self.task_env.get_object(owner)
+        return getattr(site, "parent_name", None) or target
+
+    def _fixture(self, target: str) -> Any:
+        return self.task_env.get_object(self._owner(target))
 
     def _fixture_body(self, target: str) -> int:
-        site = self.task_env.object_sites_dict.get(target)
-        owner = getattr(site, "parent_name", None) or target
-        return int(self.task_env.obj_body_id[owner])
+        return int(self.task_env.obj_body_id[self._owner(target)])
 
     def _joint_names(self, target: str) -> list[str]:
         site = self.task_env.object_sites_dict.get(target)
         if site is not None and getattr(site, "joints", None) is not None:
             return list(site.joints)
         return list(getattr(self.task_env.get_object(target), "joints", []))
+
+
+def posed_geom_boxes(
+    model: mujoco.MjModel, data: mujoco.MjData, geoms: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """World centres (G, 3) and half sizes (G, 3) of the axis-aligned boxes around `geoms`
+    (G,) as posed now: each geom's own bounding box (`geom_aabb`) turned by its frame."""
+    rotation = data.geom_xmat[geoms].reshape(-1, 3, 3)
+    centre = data.geom_xpos[geoms] + np.einsum("gij,gj->gi", rotation, model.geom_aabb[geoms, :3])
+    half = np.einsum("gij,gj->gi", np.abs(rotation), model.geom_aabb[geoms, 3:])
+    return centre, half
 
 
 def _box_corners(centres: np.ndarray, halves: np.ndarray) -> np.ndarray:

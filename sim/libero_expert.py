@@ -44,7 +44,13 @@ import mujoco
 import numpy as np
 
 from sim.expert import turned_about_vertical
-from sim.libero_articulation import CHANGES, Articulation, Operation, rotation_about
+from sim.libero_articulation import (
+    CHANGES,
+    Articulation,
+    Operation,
+    posed_geom_boxes,
+    rotation_about,
+)
 from sim.libero_env import LiberoEnv
 from sim.tasks import JointStep, PlaceStep
 
@@ -233,11 +239,7 @@ class LiberoWorld:
     def _posed_boxes(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """World boxes of `geoms` (M,) as `extent` poses them: centres (M, 3), half sizes
         (M, 3), and the geoms."""
-        rotation = self._data.geom_xmat[geoms].reshape(-1, 3, 3)
-        centre = self._data.geom_xpos[geoms] + np.einsum(
-            "mij,mj->mi", rotation, self._model.geom_aabb[geoms, :3]
-        )
-        half = np.einsum("mij,mj->mi", np.abs(rotation), self._model.geom_aabb[geoms, 3:])
+        centre, half = posed_geom_boxes(self._model, self._data, geoms)
         return centre, half, geoms
 
     @staticmethod
